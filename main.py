@@ -1,0 +1,45 @@
+"""Command line entry point: parse flags and dispatch. The work lives in training/ and evaluation/.
+
+    python main.py --train-ddpm-model --task-name runs/mnist_ddpm --data-path data/MNIST/mnist_images
+    python main.py --eval-ddpm-model --ckpt-file runs/mnist_ddpm/test_001.pth --num-samples 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from evaluation import cli as eval_cli
+from training import cli as train_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Denoising Diffusion Probabilistic Models (Ho et al., 2020) on MNIST.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--train-ddpm-model", action="store_true", help="train a DDPM (see the training flags)")
+    mode.add_argument("--eval-ddpm-model", action="store_true",
+                      help="sample from a checkpoint and optionally compute quality metrics")
+    train_cli.add_arguments(parser)  # also defines the flags both modes share (--task-name, --seed, --device, ...)
+    eval_cli.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.train_ddpm_model:
+        return train_cli.run(args, parser)
+    if args.eval_ddpm_model:
+        return eval_cli.run(args, parser)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

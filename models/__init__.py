@@ -1,0 +1,22 @@
+"""The ε-prediction UNet and its parts."""
+
+from models.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
+from models.blocks import BottleNeck, DownSamplingBlock, ResidualBlock, SpatialAttention, UpSamplingBlock
+from models.time_embedding import TimeEmbedding, get_time_embedding
+from models.unet import PRESETS, UNet, UNetConfig, preset_config
+
+__all__ = [
+    "PRESETS",
+    "BottleNeck",
+    "DownSamplingBlock",
+    "MultiHeadCrossAttention",
+    "MultiHeadSelfAttention",
+    "ResidualBlock",
+    "SpatialAttention",
+    "TimeEmbedding",
+    "UNet",
+    "UNetConfig",
+    "UpSamplingBlock",
+    "get_time_embedding",
+    "preset_config",
+]

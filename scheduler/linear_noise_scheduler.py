@@ -1,0 +1,203 @@
+"""The linear-β noise schedule of DDPM and its two processes.
+
+Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", 2020 (https://arxiv.org/abs/2006.11239).
+Timesteps are 0-based: index ``t`` in ``[0, T-1]`` is the paper's step ``t + 1``; so ``betas[0]`` is β_1
+and ``alphas_cumprod[0]`` is ᾱ_1 = 1 − β_1.
+
+Every schedule tensor is computed in float64 and stored once as float32, shape ``[T]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from scheduler.extract import as_timestep_tensor, extract
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion process: T steps and a linear β schedule from ``beta_start`` to ``beta_end``."""
+
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int):
+            raise ValueError(f"num_timesteps must be an int, got {self.num_timesteps!r}")
+        if self.num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
+        for name in ("beta_start", "beta_end"):
+            value = getattr(self, name)
+            if not 0.0 < float(value) < 1.0:
+                raise ValueError(f"{name} must lie in the open interval (0, 1), got {value}")
+        if self.beta_start > self.beta_end:
+            raise ValueError(
+                f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end}): "
+                "the linear schedule increases the noise level with t"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LinearNoiseScheduler:
+    """Forward (q) and reverse (p) steps of DDPM with β_t linear in t.
+
+    Args:
+        num_timesteps: T, the number of diffusion steps.
+        beta_start: β_1. beta_end: β_T. Both in (0, 1), ``beta_start <= beta_end``.
+        device: where the schedule tensors live; move them later with :meth:`to`.
+        mean_from_clipped_x0: how :meth:`sample_prev_timestep` forms the reverse mean.
+            ``False`` (default) — Eq. 11 exactly, μ = (x_t − β_t/√(1−ᾱ_t)·ε_θ)/√α_t, as in the paper's
+            Algorithm 2. ``True`` — the posterior mean of Eq. 7 evaluated at the clamped x̂0,
+            μ̃(x_t, clamp(x̂0)); the two are identical whenever x̂0 needs no clamping, and the clamped
+            form keeps early, noisy predictions inside the data range (improved-diffusion's default).
+    """
+
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        device: str | torch.device = "cpu",
+        mean_from_clipped_x0: bool = False,
+    ) -> None:
+        self.config = DiffusionConfig(num_timesteps, beta_start, beta_end)
+        self.num_timesteps = num_timesteps
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        self.mean_from_clipped_x0 = mean_from_clipped_x0
+
+        f64 = torch.float64
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=f64)  # β_t
+        alphas = 1.0 - betas  # α_t = 1 − β_t
+        alphas_cumprod = torch.cumprod(alphas, dim=0)  # ᾱ_t = ∏_{s≤t} α_s
+        alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=f64), alphas_cumprod[:-1]])  # ᾱ_{t−1}, ᾱ_0 := 1
+        schedule = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),  # √ᾱ_t
+            "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),  # √(1−ᾱ_t)
+            "sqrt_recip_alphas": alphas.rsqrt(),  # 1/√α_t
+            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),  # 1/√ᾱ_t
+            "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1.0).sqrt(),  # √(1/ᾱ_t − 1)
+            "eps_coef": betas / (1.0 - alphas_cumprod).sqrt(),  # β_t/√(1−ᾱ_t), Eq. 11
+            # β̃_t = β_t (1−ᾱ_{t−1})/(1−ᾱ_t), Eq. 7; β̃ at t=0 is 0 (no noise is added there).
+            "posterior_variance": betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            # μ̃_t = coef1 · x0 + coef2 · x_t, Eq. 7
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+            "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
+        }
+        self._names = tuple(schedule)
+        for name, value in schedule.items():
+            setattr(self, name, value.to(device=device, dtype=torch.float32))
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig | dict, **kwargs) -> LinearNoiseScheduler:
+        if isinstance(config, dict):
+            config = DiffusionConfig(**config)
+        return cls(config.num_timesteps, config.beta_start, config.beta_end, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def to(self, device: str | torch.device) -> LinearNoiseScheduler:
+        """Move every schedule tensor to ``device`` (in place) and return ``self``."""
+        for name in self._names:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def __repr__(self) -> str:
+        return (
+            f"LinearNoiseScheduler(num_timesteps={self.num_timesteps}, beta_start={self.beta_start}, "
+            f"beta_end={self.beta_end}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ forward process q
+    def sample_timesteps(
+        self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device = None
+    ) -> torch.Tensor:
+        """t ~ Uniform{0, …, T−1}, shape ``[batch_size]`` (Algorithm 1, line 3)."""
+        device = self.device if device is None else device
+        gen_device = generator.device if generator is not None else device
+        t = torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=gen_device)
+        return t.to(device)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε  (Eq. 4, reparameterised).
+
+        Args:
+            x0: clean images ``[B, ...]``. noise: ε, same shape. t: ``[B]`` LongTensor or an int.
+        """
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
+        t = as_timestep_tensor(t, x0.shape[0], self.num_timesteps, x0.device)
+        return extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x0
+        ) * noise
+
+    # ------------------------------------------------------------------ reverse process p
+    def predict_x0(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """x̂0 = (x_t − √(1−ᾱ_t) · ε_θ) / √ᾱ_t — Eq. 4 solved for x0 (not clamped)."""
+        t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
+        return extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t
+        ) * noise_pred
+
+    def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """μ̃_t(x_t, x0) of q(x_{t−1} | x_t, x0), Eq. 7."""
+        t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
+        return extract(self.posterior_mean_coef1, t, x_t) * x0 + extract(self.posterior_mean_coef2, t, x_t) * x_t
+
+    def reverse_mean(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """μ_θ(x_t, t) = (x_t − β_t/√(1−ᾱ_t) · ε_θ) / √α_t, Eq. 11."""
+        t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
+        return extract(self.sqrt_recip_alphas, t, x_t) * (x_t - extract(self.eps_coef, t, x_t) * noise_pred)
+
+    def sample_prev_timestep(
+        self,
+        x_t: torch.Tensor,
+        noise_pred: torch.Tensor,
+        t: torch.Tensor | int,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One ancestral step x_t → x_{t−1} (Algorithm 2, line 4).
+
+        Args:
+            x_t: ``[B, ...]``. noise_pred: ε_θ(x_t, t), same shape.
+            t: an int or a ``[B]`` LongTensor (samples may sit at different steps).
+            generator: RNG for z ~ N(0, I). noise: z itself, to make a step deterministic (overrides
+                ``generator``).
+
+        Returns:
+            ``(x_prev, x0_pred)`` — x_{t−1} = μ + σ_t z with σ_t² = β̃_t (no noise where t = 0), and
+            x̂0 clamped to [−1, 1].
+        """
+        if noise_pred.shape != x_t.shape:
+            raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} must equal x_t shape {tuple(x_t.shape)}")
+        t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
+
+        # 1. x̂0 from the predicted noise (Eq. 4 inverted), clamped to the data range.
+        x0_pred = self.predict_x0(x_t, noise_pred, t).clamp(-1.0, 1.0)
+        # 2. the reverse mean: Eq. 11 by default, or Eq. 7 at the clamped x̂0.
+        if self.mean_from_clipped_x0:
+            mean = self.posterior_mean(x0_pred, x_t, t)
+        else:
+            mean = self.reverse_mean(x_t, noise_pred, t)
+        # 3. add σ_t z with σ_t² = β̃_t. β̃ at t = 0 is exactly 0 (ᾱ_{t−1} := 1), so the last step adds no
+        #    noise (Algorithm 2: z = 0 if t = 1) without a special case.
+        if noise is None:
+            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype,
+                                device=generator.device if generator is not None else x_t.device)
+        elif noise.shape != x_t.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
+        x_prev = mean + extract(self.posterior_variance, t, x_t).sqrt() * noise.to(x_t.device)
+        return x_prev, x0_pred
+
