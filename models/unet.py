@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from models.blocks import BottleNeck, DownSamplingBlock, UpSamplingBlock, group_norm
+from models.label_embedding import LabelEmbedding
 from models.time_embedding import TimeEmbedding
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class UNetConfig:
         time_emb_dim: width of the sinusoidal time embedding and its MLP (even).
         norm_groups: GroupNorm groups (every width must be divisible by it).
         context_dim: width of the cross-attention context tokens; ``None`` for an unconditional model.
+        num_classes: for a class-conditional model, the number of classes; labels become ``label_tokens``
+            context tokens of width ``context_dim`` (which must then be set), plus a learned null label.
+        label_tokens: context tokens per label.
     """
 
     im_channels: int = 1
@@ -50,6 +54,8 @@ class UNetConfig:
     time_emb_dim: int = 128
     norm_groups: int = 8
     context_dim: int | None = None
+    num_classes: int | None = None
+    label_tokens: int = 1
 
     def __post_init__(self) -> None:
         # JSON round trips give lists; keep tuples so configs compare and hash.
@@ -86,6 +92,18 @@ class UNetConfig:
                 raise bad("context_dim", "must be None or a positive int")
             if not (any(self.attn) or self.mid_attn):
                 raise bad("context_dim", "cross-attention needs at least one level with attention")
+        if self.num_classes is not None:
+            if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+                raise bad("num_classes", "must be None or a positive int")
+            if self.context_dim is None:
+                raise bad("num_classes", "a class-conditional model needs context_dim for its label tokens")
+        if isinstance(self.label_tokens, bool) or not isinstance(self.label_tokens, int) or self.label_tokens < 1:
+            raise bad("label_tokens", "must be a positive int")
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model is class-conditional (takes labels through :meth:`UNet.label_context`)."""
+        return self.num_classes is not None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +154,9 @@ class UNet(nn.Module):
                             config.attn[i], heads, groups, ctx)
             for i in reversed(range(levels))
         )
+        self.label_embedding = (
+            LabelEmbedding(config.num_classes, ctx, config.label_tokens) if config.conditional else None
+        )
         self.norm_out = group_norm(ch[0], groups)
         self.conv_out = nn.Conv2d(ch[0], config.im_channels, 3, padding=1)
         logger.info("UNet: %s parameters, config %s", f"{self.num_parameters():,}", config)
@@ -144,6 +165,12 @@ class UNet(nn.Module):
     def from_preset(cls, name: str, **overrides) -> UNet:
         """Build a named preset (``tiny``, ``small``, ``base``), optionally overriding config fields."""
         return cls(preset_config(name, **overrides))
+
+    def label_context(self, labels: torch.Tensor) -> torch.Tensor:
+        """Context tokens ``[B, label_tokens, context_dim]`` for class labels ``[B]`` (``num_classes`` = null)."""
+        if self.label_embedding is None:
+            raise ValueError("this UNet is not class-conditional (num_classes=None); it cannot take labels")
+        return self.label_embedding(labels)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
