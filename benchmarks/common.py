@@ -1,0 +1,129 @@
+"""Shared pieces of the benchmarks: the diffusers baseline matched to a preset, FLOP counting, the
+CPU's matmul throughput and peak-memory sampling. Benchmarks print tables; none is a test."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from models import UNet  # noqa: E402
+
+# diffusers' UNet2DModel with the same layout as our `small` (28 → 14 → 7, attention only at 7×7) and
+# block widths chosen so its parameter count is within 10% of small's (453,793 vs 437,201).
+DIFFUSERS_MATCHED = {
+    "small": dict(block_out_channels=(16, 32, 48), layers_per_block=1, norm_num_groups=8),
+}
+
+
+def diffusers_unet(preset: str = "small", im_channels: int = 1, sample_size: int = 28) -> torch.nn.Module:
+    """A diffusers UNet2DModel matched to one of our presets, wrapped to take ``(x, t)`` like ours."""
+    from diffusers import UNet2DModel
+
+    cfg = DIFFUSERS_MATCHED[preset]
+    levels = len(cfg["block_out_channels"])
+    model = UNet2DModel(
+        sample_size=sample_size, in_channels=im_channels, out_channels=im_channels,
+        down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+        **cfg,
+    )
+    return DiffusersEps(model)
+
+
+class DiffusersEps(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.model(x, t).sample
+
+
+def build_model(name: str) -> torch.nn.Module:
+    """``tiny``/``small``/``base`` (ours) or ``diffusers-small`` (the matched baseline)."""
+    if name.startswith("diffusers-"):
+        return diffusers_unet(name.removeprefix("diffusers-"))
+    return UNet.from_preset(name)
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def training_flops_per_image(model: torch.nn.Module, size: int = 28, channels: int = 1) -> float:
+    """FLOPs of one forward + backward pass on one image, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, channels, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x, torch.tensor([10])).square().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
+    """This CPU's float32 matmul throughput (GFLOP/s) with torch's current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry (CPU, sampled every 2 ms) or peak CUDA allocation."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.peak_bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        self._base = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, _rss_bytes() - self._base)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, _rss_bytes() - self._base)
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """A GitHub-markdown table, so output pastes straight into benchmarks/RESULTS.md."""
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
