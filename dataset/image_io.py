@@ -1,0 +1,108 @@
+"""Decoding one image file into uint8 pixels, and mapping pixels to the model's [-1, 1] range.
+
+Every failure to use a file as an image -- unreadable, broken symlink, symlink loop, not an image,
+corrupt or truncated data -- is raised as :class:`~dataset.errors.BadImageError` naming the file, so
+callers need one ``except`` (and ``MNISTDataset(skip_bad=True)`` can skip them).
+
+Pixel conversion (``channels=1`` gives grayscale "L", ``channels=3`` gives "RGB"):
+
+* 16-bit grayscale PNGs (Pillow modes ``I;16*`` and ``I``) are scaled to 8 bits, v8 = round(v16 / 257),
+  so 65535 -> 255; Pillow's own ``convert("L")`` would clip every value above 255 to white.
+* Images with transparency (RGBA, LA, PA, or a palette/grayscale/RGB image with a tRNS chunk) are
+  composited over an opaque **black** background -- MNIST's background -- so a fully transparent pixel
+  is 0 (-1 in model range) whatever colour it stores.
+* Palette, bilevel, CMYK, ... images go through Pillow's ``convert``; RGB -> L uses ITU-R 601-2 luma.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dataset.errors import BadImageError
+
+SKIP_HINT = "Delete or replace it, or pass skip_bad=True to skip such files"
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+def _bad_image(path: Path, err: BaseException) -> BadImageError:
+    """Translate an exception raised while opening/decoding ``path`` into a BadImageError."""
+    if isinstance(err, BadImageError):
+        return err
+    if isinstance(err, PermissionError):
+        return BadImageError(path, "permission denied", "Make it readable (chmod a+r) or remove it")
+    if isinstance(err, FileNotFoundError):
+        return BadImageError(
+            path,
+            "file not found (a broken symlink, or removed after the folder was listed)",
+            "Remove the link or restore its target",
+        )
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        return BadImageError(path, "symlink loop", "Remove the symlink or point it at a real image")
+    if isinstance(err, IsADirectoryError):
+        return BadImageError(path, "is a directory, not an image file", "Rename or remove it")
+    if isinstance(err, UnidentifiedImageError):
+        return BadImageError(path, "not a recognised image (wrong content for its extension?)", SKIP_HINT)
+    if isinstance(err, Image.DecompressionBombError):
+        return BadImageError(path, f"too large to decode safely ({err})", SKIP_HINT)
+    return BadImageError(path, f"corrupt or truncated image data ({type(err).__name__}: {err})", SKIP_HINT)
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the image header, without decoding pixels. Raises BadImageError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception as err:  # any failure inside Pillow means "this file is not a usable image"
+        raise _bad_image(path, err) from err
+    return height, width
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` as 8-bit "L" (channels=1) or "RGB" (channels=3); see the module doc for the rules."""
+    target = "L" if channels == 1 else "RGB"
+    if img.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(img).astype(np.int64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
+    elif img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return img if img.mode == target else img.convert(target)
+
+
+def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode ``path`` into a uint8 array (C, H, W). Raises BadImageError naming the file.
+
+    ``size=(H, W)`` resizes (Pillow bilinear, antialiased when shrinking) images of any other size;
+    ``size=None`` keeps the stored size.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so truncation is reported here and not on first pixel access
+            img = _to_mode(img, channels)
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
+    except Exception as err:  # any failure inside Pillow means "this file is not a usable image"
+        raise _bad_image(path, err) from err
+    if pixels.ndim == 2:
+        return pixels[None].copy()  # (1, H, W)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels in [0, 255] -> float32 in [-1, 1]: x = p / 127.5 - 1 (0 -> -1, 255 -> 1 exactly).
+
+    Works on one image (C, H, W) or a batch (B, C, H, W); the DDPM data range of Ho et al. (2020), §3.3.
+    Only uint8 input is accepted, so already-scaled images cannot be scaled twice.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"to_model_range expects uint8 pixels in [0, 255], got dtype {images.dtype}")
+    return images.to(torch.float32) / 127.5 - 1.0

@@ -1,0 +1,27 @@
+"""Where the MNIST data lives inside the repository.
+
+All defaults are absolute paths anchored at the repository root (the parent of the ``dataset/``
+package), so they point at the same files whatever the current working directory is.
+
+Layout::
+
+    data/MNIST/raw/                      the four IDX .gz files shipped with the repo
+    data/MNIST/mnist_images/<digit>/     60,000 training PNGs, made by scripts/prepare_mnist.py
+    data/MNIST/mnist_images_test/<digit>/ 10,000 test PNGs, made by scripts/prepare_mnist.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_DATA_ROOT = REPO_ROOT / "data" / "MNIST"  # folder holding the split folders
+DEFAULT_RAW_DIR = DEFAULT_DATA_ROOT / "raw"  # IDX .gz files
+DEFAULT_DATA_PATH = DEFAULT_DATA_ROOT / "mnist_images"  # training class-folder tree
+DEFAULT_TEST_DATA_PATH = DEFAULT_DATA_ROOT / "mnist_images_test"  # test class-folder tree
+
+# split name -> folder name under a data root (any other split name is used as the folder name)
+SPLIT_DIRS: dict[str, str] = {"train": "mnist_images", "test": "mnist_images_test"}
+
+PREPARE_COMMAND = "python scripts/prepare_mnist.py"
