@@ -1,0 +1,39 @@
+"""Drawing images from a trained DDPM: the sampling loops and the files they write."""
+
+from sampling.images import (
+    load_samples_npz,
+    make_grid,
+    save_grid_png,
+    save_samples_npz,
+    save_trajectory_gif,
+    to_uint8,
+)
+from sampling.sampler import (
+    SAMPLERS,
+    EpsFn,
+    SamplerConfig,
+    SampleResult,
+    Trajectory,
+    make_stepper,
+    model_eps_fn,
+    run_chain,
+    sample_images,
+)
+
+__all__ = [
+    "SAMPLERS",
+    "EpsFn",
+    "SampleResult",
+    "SamplerConfig",
+    "Trajectory",
+    "load_samples_npz",
+    "make_grid",
+    "make_stepper",
+    "model_eps_fn",
+    "run_chain",
+    "sample_images",
+    "save_grid_png",
+    "save_samples_npz",
+    "save_trajectory_gif",
+    "to_uint8",
+]

@@ -1,0 +1,267 @@
+"""Batched sampling loops: DDPM ancestral sampling over all T steps, and DDIM over a strided subsequence.
+
+Sampling is scheduler + noise predictor and nothing else. The noise predictor is any callable
+
+    eps_fn(x_t: Tensor [B, C, H, W], t: LongTensor [B]) -> ε̂ [B, C, H, W]
+
+so the plain model (:func:`model_eps_fn`) and a guided mixture of model calls (classifier-free guidance,
+Ho & Salimans 2022: ε̃ = (1 + w) ε_θ(x_t, t, c) − w ε_θ(x_t, t, ∅)) plug in the same way. When the
+predictor depends on *which* samples are in the batch (per-sample class labels), pass
+``batch_eps_fn(start, stop) -> eps_fn`` instead; it is called once per batch with that batch's sample range::
+
+    def guided(start, stop):
+        c = labels[start:stop]                     # this batch's conditions
+        return lambda x_t, t: (1 + w) * model(x_t, t, embed(c)) - w * model(x_t, t, embed(null))
+    sample_images(None, scheduler, len(labels), config, batch_eps_fn=guided)
+
+Both samplers run one shared chain (:func:`run_chain`): start from x_T ~ N(0, I), then for each timestep
+of the sampler's sequence call ``eps_fn`` and the scheduler's step, ``(x_prev, x0_pred) = step(x_t, ε̂, t,
+generator)``. That signature is shared by :meth:`LinearNoiseScheduler.sample_prev_timestep` (DDPM,
+Algorithm 2) and :meth:`DDIMScheduler.step` (Eq. 12 of Song et al.).
+
+Randomness: all noise (x_T and each step's z) comes from the one ``generator`` in a fixed order, batch by
+batch, so a run repeats exactly for the same (seed, num_samples, batch_size, sampler settings) on the same
+device and torch build. A CPU generator gives the same noise whatever device the model runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from scheduler import DDIMScheduler, LinearNoiseScheduler
+
+logger = logging.getLogger(__name__)
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Which reverse process to run.
+
+    Attributes:
+        name: ``"ddpm"`` — ancestral sampling over all T steps (``num_steps`` must be None or T, ``eta``
+            is unused); ``"ddim"`` — Eq. 12 of Song et al. over ``num_steps`` steps.
+        num_steps: S for DDIM (None → 50, capped at T); must be None or T for DDPM.
+        eta: DDIM's η in [0, 1] (0 = deterministic).
+        spacing: DDIM's timestep subsequence (``trailing``/``leading``/``linspace``; see scheduler/ddim.py).
+        clip_x0: DDIM only — clamp x̂0 to [−1, 1] and re-derive ε (DDPM's clamping is the scheduler's own
+            ``mean_from_clipped_x0`` choice).
+    """
+
+    name: str = "ddpm"
+    num_steps: int | None = None
+    eta: float = 0.0
+    spacing: str = "trailing"
+    clip_x0: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {SAMPLERS}")
+        if self.num_steps is not None and (
+            isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1
+        ):
+            raise ValueError(f"num_steps must be a positive int or None, got {self.num_steps!r}")
+        if not 0.0 <= float(self.eta) <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+        if self.name == "ddpm" and self.eta != 0.0:
+            raise ValueError("eta only applies to DDIM; DDPM's reverse variance is fixed to β̃_t (use --sampler ddim)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def describe(self, num_timesteps: int) -> str:
+        """A short label, e.g. ``ddpm-1000`` or ``ddim-50-eta0``; raises ValueError if the steps don't fit T."""
+        steps = self.resolved_steps(num_timesteps)
+        return f"ddpm-{steps}" if self.name == "ddpm" else f"ddim-{steps}-eta{self.eta:g}"
+
+    def resolved_steps(self, num_timesteps: int) -> int:
+        if self.name == "ddpm":
+            if self.num_steps not in (None, num_timesteps):
+                raise ValueError(
+                    f"DDPM ancestral sampling always takes all T={num_timesteps} steps, got num_steps="
+                    f"{self.num_steps}; use the DDIM sampler for fewer steps"
+                )
+            return num_timesteps
+        steps = min(50, num_timesteps) if self.num_steps is None else self.num_steps
+        if steps > num_timesteps:
+            raise ValueError(f"DDIM num_steps must lie in [1, T={num_timesteps}], got {steps}")
+        return steps
+
+
+@dataclass
+class Trajectory:
+    """Snapshots of the reverse chain for the first few images of the first batch.
+
+    ``t[k]`` is the timestep at frame k, ``x_t[k]`` the chain's state there and ``x0_pred[k]`` the clamped
+    x̂0(x_t, t) predicted from it; the last frame (``t = -1``) is the final sample for both.
+    Tensors are CPU float32 ``[frames, n, C, H, W]`` in model space (≈ [−1, 1]).
+    """
+
+    t: list[int]
+    x_t: torch.Tensor
+    x0_pred: torch.Tensor
+
+
+@dataclass
+class SampleResult:
+    images: torch.Tensor  # [N, C, H, W] CPU float32, clamped to [−1, 1]
+    trajectory: Trajectory | None
+    sampler: str  # SamplerConfig.describe(T)
+    num_function_evals: int  # ε_θ calls per image
+
+
+def model_eps_fn(model: nn.Module) -> EpsFn:
+    """``lambda x_t, t: model(x_t, t)``: the unguided noise predictor of an unconditional UNet."""
+    return lambda x_t, t: model(x_t, t)
+
+
+def make_stepper(
+    scheduler: LinearNoiseScheduler, config: SamplerConfig
+) -> tuple[torch.Tensor, StepFn]:
+    """The descending timesteps a sampler visits, and its step function ``(x_t, ε̂, t, generator) → (x_prev, x̂0)``."""
+    T = scheduler.num_timesteps
+    steps = config.resolved_steps(T)
+    if config.name == "ddpm":
+        return torch.arange(T - 1, -1, -1), scheduler.sample_prev_timestep
+    ddim = DDIMScheduler(scheduler, steps, config.eta, config.spacing, config.clip_x0)
+    return ddim.timesteps.cpu(), ddim.step
+
+
+def _frame_positions(num_steps: int, num_frames: int) -> set[int]:
+    """Indices (into the chain's steps) of ``num_frames`` snapshots spread evenly from the first step to the last."""
+    if num_frames <= 0:
+        return set()
+    if num_frames == 1:
+        return {0}
+    return {round(i * (num_steps - 1) / (num_frames - 1)) for i in range(num_frames)}
+
+
+@torch.inference_mode()
+def run_chain(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    timesteps: torch.Tensor,
+    step: StepFn,
+    generator: torch.Generator | None = None,
+    trajectory_frames: int = 0,
+    trajectory_images: int = 16,
+    progress: bool | tqdm = False,
+) -> tuple[torch.Tensor, Trajectory | None]:
+    """Run the reverse chain from ``x_T`` over ``timesteps`` (descending); return ``(x0, trajectory)``.
+
+    ``x0`` is clamped to [−1, 1]. ``progress`` may be a tqdm bar to advance (by one per step), or True for
+    a bar of its own.
+    """
+    bar = progress if isinstance(progress, tqdm) else tqdm(
+        total=len(timesteps), desc="sampling", unit="step", disable=not progress, leave=False
+    )
+    capture = _frame_positions(len(timesteps), trajectory_frames)
+    frames_t: list[int] = []
+    frames_x: list[torch.Tensor] = []
+    frames_x0: list[torch.Tensor] = []
+    x = x_T
+    for i, t in enumerate(timesteps.tolist()):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        eps = eps_fn(x, t_batch)
+        x_prev, x0_pred = step(x, eps, t_batch, generator=generator)
+        if i in capture:
+            frames_t.append(t)
+            frames_x.append(x[:trajectory_images].float().cpu())
+            frames_x0.append(x0_pred[:trajectory_images].clamp(-1, 1).float().cpu())
+        x = x_prev
+        bar.update(1)
+    if not isinstance(progress, tqdm):
+        bar.close()
+    x = x.clamp(-1.0, 1.0)
+    trajectory = None
+    if capture:
+        final = x[:trajectory_images].float().cpu()
+        trajectory = Trajectory(
+            t=frames_t + [-1], x_t=torch.stack(frames_x + [final]), x0_pred=torch.stack(frames_x0 + [final])
+        )
+    return x, trajectory
+
+
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """x_T ~ N(0, I) drawn on the generator's device, then moved to ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+def sample_images(
+    eps_fn: EpsFn | None,
+    scheduler: LinearNoiseScheduler,
+    num_samples: int,
+    config: SamplerConfig | None = None,
+    *,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
+    batch_size: int = 100,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    trajectory_frames: int = 0,
+    trajectory_images: int = 16,
+    progress: bool = True,
+    batch_eps_fn: Callable[[int, int], EpsFn] | None = None,
+) -> SampleResult:
+    """Draw ``num_samples`` images in batches of ``batch_size``.
+
+    Args:
+        eps_fn: the noise predictor, ``eps_fn(x_t, t) -> ε̂`` (see the module docstring); or None when
+            ``batch_eps_fn`` is given.
+        scheduler: the DDPM schedule the model was trained with; its device is where sampling runs unless
+            ``device`` is given.
+        config: the sampler (default: DDPM over all T steps).
+        trajectory_frames: if > 0, snapshot x_t and x̂0 at this many evenly spaced steps (first batch only,
+            the first ``trajectory_images`` images).
+        progress: show a tqdm bar over all steps of all batches.
+        batch_eps_fn: ``batch_eps_fn(start, stop)`` returns the noise predictor for samples ``start:stop``
+            (per-sample conditioning); exclusive with ``eps_fn``.
+
+    Returns:
+        :class:`SampleResult` with CPU images ``[num_samples, *image_shape]`` in [−1, 1].
+    """
+    config = config if config is not None else SamplerConfig()
+    if (eps_fn is None) == (batch_eps_fn is None):
+        raise ValueError("pass exactly one of eps_fn and batch_eps_fn")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    device = scheduler.device if device is None else torch.empty(0, device=device).device  # "cuda" → "cuda:0"
+    if scheduler.device != device:
+        raise ValueError(f"the scheduler lives on {scheduler.device} but sampling on {device}; call scheduler.to()")
+    timesteps, step = make_stepper(scheduler, config)
+    label = config.describe(scheduler.num_timesteps)
+    num_batches = -(-num_samples // batch_size)
+    logger.info("sampling %d images with %s in %d batch(es) of <= %d on %s",
+                num_samples, label, num_batches, batch_size, device)
+
+    images, trajectory = [], None
+    bar = tqdm(total=num_batches * len(timesteps), desc=label, unit="step", disable=not progress)
+    with bar, torch.inference_mode():
+        for b in range(num_batches):
+            start = b * batch_size
+            stop = min(start + batch_size, num_samples)
+            x_T = draw_noise((stop - start, *image_shape), generator, device)
+            x0, traj = run_chain(
+                eps_fn if eps_fn is not None else batch_eps_fn(start, stop), x_T, timesteps, step, generator,
+                trajectory_frames=trajectory_frames if b == 0 else 0,
+                trajectory_images=trajectory_images,
+                progress=bar,
+            )
+            images.append(x0.float().cpu())
+            trajectory = traj if b == 0 else trajectory
+    # Outside inference mode, clones are ordinary tensors (in-place edits and autograd work on them).
+    if trajectory is not None:
+        trajectory = Trajectory(trajectory.t, trajectory.x_t.clone(), trajectory.x0_pred.clone())
+    return SampleResult(torch.cat(images).clone(), trajectory, label, len(timesteps))

@@ -1,0 +1,196 @@
+"""DDIM: the non-Markovian reverse process of Song, Meng & Ermon, "Denoising Diffusion Implicit Models", 2021
+(https://arxiv.org/abs/2010.02502), on top of a trained DDPM's :class:`LinearNoiseScheduler`.
+
+DDIM reuses the DDPM's ε_θ unchanged and walks a decreasing subsequence τ_S > … > τ_1 of the T training
+steps. One step τ_i → τ_{i−1} (Eq. 12, with σ from Eq. 16)::
+
+    x̂0            = (x_τ − √(1−ᾱ_τ) ε_θ) / √ᾱ_τ
+    σ_τ(η)        = η · √((1−ᾱ_prev)/(1−ᾱ_τ)) · √(1 − ᾱ_τ/ᾱ_prev)
+    x_prev        = √ᾱ_prev · x̂0 + √(1 − ᾱ_prev − σ_τ²) · ε_θ + σ_τ · z,      z ~ N(0, I)
+
+η = 0 is the deterministic DDIM sampler; η = 1 with the full subsequence (S = T) is exactly DDPM's
+ancestral step: σ² = β̃_t and the mean equals Eq. 11 (tested in tests/test_ddim.py).
+
+Conventions (the same as :class:`LinearNoiseScheduler`): timesteps are 0-based, and the step taken from
+the smallest timestep τ_1 lands on ᾱ_prev := 1, i.e. on x0 itself (diffusers' ``set_alpha_to_one=True``).
+
+**The subsequence** (``spacing``; definitions match diffusers' ``timestep_spacing``, see Lin et al.,
+"Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024, Table 2):
+
+- ``"trailing"`` (default): τ = round(T − i·T/S) − 1 for i = 0…S−1. Always starts at t = T−1, the step whose
+  marginal is closest to the N(0, I) we start from; the last step goes from τ_1 = round(T/S) − 1 to x0.
+  T=1000, S=50: 999, 979, …, 19.
+- ``"leading"``: τ = i·⌊T/S⌋, i = S−1…0. Always ends at t = 0 but starts below T−1 (980 for S = 50).
+- ``"linspace"``: τ = round(linspace(0, T−1, S)). Contains both 0 and T−1; gaps differ by one step.
+
+For S = T all three are T−1, …, 0.
+
+**Clamping.** With ``clip_x0=True`` (default) x̂0 is clamped to the data range [−1, 1] and ε is re-derived
+from the clamped x̂0, ε' = (x_τ − √ᾱ_τ x̂0)/√(1−ᾱ_τ), before the update (improved-diffusion's ``ddim_sample``,
+diffusers' ``use_clipped_model_output=True``). With η = 1 and S = T this is DDPM with
+``mean_from_clipped_x0=True``; ``clip_x0=False`` gives Eq. 12 verbatim and DDPM's default Eq. 11 mean.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from scheduler.extract import as_timestep_tensor, extract
+from scheduler.linear_noise_scheduler import LinearNoiseScheduler
+
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
+    """The subsequence τ_S > … > τ_1 of {0, …, T−1}, as a descending LongTensor ``[num_steps]``.
+
+    See the module docstring for the three ``spacing`` rules.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown DDIM timestep spacing {spacing!r}; choose one of {SPACINGS}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_timesteps:
+        raise ValueError(
+            f"the number of DDIM steps must be an int in [1, T={num_timesteps}], got {num_steps!r}"
+        )
+    T, S = num_timesteps, num_steps
+    i = torch.arange(S, dtype=torch.float64)
+    if spacing == "trailing":
+        tau = torch.round(T - i * (T / S)) - 1
+    elif spacing == "leading":
+        tau = (S - 1 - i) * (T // S)
+    else:  # linspace
+        tau = torch.round(torch.linspace(0, T - 1, S, dtype=torch.float64)).flip(0)
+    tau = tau.long()
+    assert bool((tau[:-1] > tau[1:]).all()) and int(tau.min()) >= 0 and int(tau.max()) <= T - 1, tau
+    return tau
+
+
+class DDIMScheduler:
+    """DDIM steps (Eq. 12) over a strided subsequence of a trained DDPM's T steps.
+
+    Args:
+        scheduler: the DDPM's noise schedule (ᾱ_t, and where the tensors live).
+        num_steps: S, the number of reverse steps, in [1, T].
+        eta: η in [0, 1]; 0 is deterministic, 1 is DDPM-like (exactly DDPM when S = T).
+        spacing: how τ is chosen: ``"trailing"`` (default), ``"leading"`` or ``"linspace"``.
+        clip_x0: clamp x̂0 to [−1, 1] and re-derive ε from it (default), or use Eq. 12 verbatim.
+    """
+
+    def __init__(
+        self,
+        scheduler: LinearNoiseScheduler,
+        num_steps: int = 50,
+        eta: float = 0.0,
+        spacing: str = "trailing",
+        clip_x0: bool = True,
+    ) -> None:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
+            raise ValueError(f"eta (η) must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
+        self.base = scheduler
+        self.num_timesteps = T = scheduler.num_timesteps
+        self.num_steps = num_steps
+        self.eta = float(eta)
+        self.spacing = spacing
+        self.clip_x0 = clip_x0
+
+        self.timesteps = ddim_timesteps(T, num_steps, spacing)  # τ_S, …, τ_1 (descending)
+        self.prev_timesteps = torch.cat([self.timesteps[1:], torch.tensor([-1])])  # τ_{i−1}; −1 means x0
+
+        # Coefficients in float64 from the schedule's definition (the scheduler stores float32), then stored
+        # as dense [T] tables indexed by t, so `extract` serves per-sample timesteps; only entries at τ are used.
+        f64 = torch.float64
+        cfg = scheduler.config
+        alphas_cumprod = torch.cumprod(
+            1.0 - torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=f64), dim=0
+        )  # ᾱ_t, as in LinearNoiseScheduler
+        a_t = alphas_cumprod[self.timesteps]  # ᾱ_τ
+        a_prev = torch.where(
+            self.prev_timesteps >= 0, alphas_cumprod[self.prev_timesteps.clamp(min=0)], torch.ones((), dtype=f64)
+        )  # ᾱ_prev, := 1 after the last step
+        sigma = self.eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).sqrt()  # σ_τ(η), Eq. 16
+        dir_coef = (1.0 - a_prev - sigma**2).clamp(min=0.0).sqrt()  # √(1 − ᾱ_prev − σ²), Eq. 12
+
+        def dense(values: torch.Tensor) -> torch.Tensor:
+            table = torch.zeros(T, dtype=f64)
+            table[self.timesteps] = values
+            return table.to(device=scheduler.device, dtype=torch.float32)
+
+        self.sqrt_alphas_cumprod_prev = dense(a_prev.sqrt())  # √ᾱ_prev
+        self.sigmas = dense(sigma)  # σ_τ
+        self.dir_coef = dense(dir_coef)  # √(1 − ᾱ_prev − σ_τ²)
+        self.in_subsequence = torch.zeros(T, dtype=torch.bool, device=scheduler.device)
+        self.in_subsequence[self.timesteps] = True
+        self._prev_of = torch.full((T,), -2, dtype=torch.long)
+        self._prev_of[self.timesteps] = self.prev_timesteps
+
+    def __repr__(self) -> str:
+        return (
+            f"DDIMScheduler(num_steps={self.num_steps}, eta={self.eta}, spacing={self.spacing!r}, "
+            f"clip_x0={self.clip_x0}, T={self.num_timesteps})"
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.sigmas.device
+
+    def to(self, device: str | torch.device) -> DDIMScheduler:
+        """Move this scheduler's tables and the underlying DDPM schedule to ``device``; return ``self``."""
+        self.base.to(device)
+        for name in ("sqrt_alphas_cumprod_prev", "sigmas", "dir_coef", "in_subsequence"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def prev_timestep(self, t: int) -> int:
+        """τ_{i−1} for t = τ_i; −1 for the last step (which lands on x0)."""
+        if not 0 <= t < self.num_timesteps or int(self._prev_of[t]) == -2:
+            raise ValueError(f"t={t} is not in this DDIM subsequence {self.timesteps.tolist()}")
+        return int(self._prev_of[t])
+
+    def step(
+        self,
+        x_t: torch.Tensor,
+        noise_pred: torch.Tensor,
+        t: torch.Tensor | int,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step x_τ → x_prev (Eq. 12). Same signature as :meth:`LinearNoiseScheduler.sample_prev_timestep`.
+
+        Args:
+            x_t: ``[B, ...]``. noise_pred: ε_θ(x_t, t), same shape.
+            t: an int or a ``[B]`` LongTensor; every entry must be in :attr:`timesteps`.
+            generator: RNG for z (only drawn when η > 0). noise: z itself (overrides ``generator``).
+
+        Returns:
+            ``(x_prev, x0_pred)``; x0_pred is clamped to [−1, 1] when ``clip_x0``.
+        """
+        if noise_pred.shape != x_t.shape:
+            raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} must equal x_t shape {tuple(x_t.shape)}")
+        if self.device != x_t.device:
+            raise ValueError(f"the DDIM tables live on {self.device} but x_t is on {x_t.device}; call ddim.to(device)")
+        t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
+        if not bool(self.in_subsequence[t].all()):
+            bad = sorted(set(t[~self.in_subsequence[t]].tolist()))
+            raise ValueError(f"timesteps {bad} are not in this DDIM subsequence {self.timesteps.tolist()}")
+        base = self.base
+
+        # 1. x̂0 from ε_θ (Eq. 4 inverted); optionally clamp and re-derive ε so both terms agree.
+        x0_pred = base.predict_x0(x_t, noise_pred, t)
+        eps = noise_pred
+        if self.clip_x0:
+            x0_pred = x0_pred.clamp(-1.0, 1.0)
+            eps = (x_t - extract(base.sqrt_alphas_cumprod, t, x_t) * x0_pred) / extract(
+                base.sqrt_one_minus_alphas_cumprod, t, x_t
+            )
+        # 2. Eq. 12: "predicted x0" + "direction pointing to x_t".
+        x_prev = extract(self.sqrt_alphas_cumprod_prev, t, x_t) * x0_pred + extract(self.dir_coef, t, x_t) * eps
+        # 3. "random noise" σ_τ z, only for η > 0 (η = 0 draws nothing, so it leaves the generator untouched).
+        if self.eta > 0.0:
+            if noise is None:
+                noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype,
+                                    device=generator.device if generator is not None else x_t.device)
+            elif noise.shape != x_t.shape:
+                raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
+            x_prev = x_prev + extract(self.sigmas, t, x_t) * noise.to(x_t.device)
+        return x_prev, x0_pred
+
