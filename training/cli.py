@@ -1,0 +1,225 @@
+"""The ``--train-ddpm-model`` flags, turned into typed configs in one place, and the mode's entry point.
+
+    python main.py --train-ddpm-model --task-name runs/mnist_ddpm --data-path data/MNIST/mnist_images \\
+        --batch-size 128 --num-epochs 40 --lr 1e-4
+
+Impossible values are rejected by the parser (``type=`` checks, ``choices=``) or by :func:`build_configs`
+through ``parser.error`` — before any data is read. Also defines the flags both modes share:
+``--task-name``, ``--seed``, ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from dataset import DEFAULT_DATA_PATH
+from models import PRESETS, UNetConfig, preset_config
+from scheduler import DiffusionConfig
+from training.config import DEVICES, TrainConfig
+from training.run_lock import RunLockedError
+from training.trainer import TrainingDiverged, resolve_device, train
+
+logger = logging.getLogger(__name__)
+
+_DEFAULTS = TrainConfig()
+_DIFFUSION = DiffusionConfig()
+EXIT_OK, EXIT_DIVERGED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# ---------------------------------------------------------------------------------------------- value types
+def _number(text: str, kind: type, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "an integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int, "an integer")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float, "a number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    """A number in the open interval (0, 1) (β values)."""
+    value = _number(text, float, "a number")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def ema_decay(text: str) -> float:
+    value = _number(text, float, "a number")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value}")
+    return value
+
+
+def timestep_or_last(text: str) -> int:
+    value = _number(text, int, "an integer")
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (the last step) or a timestep >= 0, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- flags
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the training flags (and the shared --task-name/--seed/--device) to ``parser``."""
+    g = parser.add_argument_group("training (--train-ddpm-model); --task-name, --seed, --device are shared")
+    g.add_argument("--task-name", default=_DEFAULTS.task_name,
+                   help="run folder: config.json, metrics.csv, loss.png, the checkpoint and viz/ go here")
+    g.add_argument("--data-path", default=str(DEFAULT_DATA_PATH),
+                   help="class-folder image tree <path>/<class>/<image>; the default MNIST tree is written from "
+                        "the bundled IDX files on first use")
+    g.add_argument("--model", default=_DEFAULTS.model, choices=sorted(PRESETS),
+                   help="UNet preset: tiny (tests), small (CPU), base (GPU)")
+    g.add_argument("--batch-size", type=positive_int, default=_DEFAULTS.batch_size, help="images per step")
+    g.add_argument("--num-epochs", type=positive_int, default=_DEFAULTS.num_epochs, help="passes over the data")
+    g.add_argument("--lr", type=positive_float, default=_DEFAULTS.lr,
+                   help="peak AdamW learning rate (after the linear warm-up)")
+    g.add_argument("--warmup-steps", type=non_negative_int, default=_DEFAULTS.warmup_steps,
+                   help="linear learning-rate warm-up steps")
+    g.add_argument("--weight-decay", type=non_negative_float, default=_DEFAULTS.weight_decay,
+                   help="AdamW decoupled weight decay")
+    g.add_argument("--ema-decay", type=ema_decay, default=_DEFAULTS.ema_decay,
+                   help="EMA decay of the weights used for sampling, warmed up as min(decay, (1+s)/(10+s))")
+    g.add_argument("--grad-clip", type=non_negative_float, default=_DEFAULTS.grad_clip,
+                   help="clip the global gradient norm to this value; 0 disables clipping")
+    g.add_argument("--num-timesteps", type=positive_int, default=_DIFFUSION.num_timesteps,
+                   help="T, the number of diffusion steps")
+    g.add_argument("--beta-start", type=unit_interval, default=_DIFFUSION.beta_start, help="β_1 of the linear schedule")
+    g.add_argument("--beta-end", type=unit_interval, default=_DIFFUSION.beta_end, help="β_T of the linear schedule")
+    g.add_argument("--seed", type=non_negative_int, default=_DEFAULTS.seed,
+                   help="seeds model init, data order and noise; the same seed reproduces a run exactly")
+    g.add_argument("--device", default=_DEFAULTS.device, choices=DEVICES,
+                   help="auto: cuda if available, else cpu")
+    g.add_argument("--num-workers", type=non_negative_int, default=_DEFAULTS.num_workers,
+                   help="DataLoader workers; 0 batches straight from the images cached in memory (fastest on CPU)")
+    g.add_argument("--num-threads", type=non_negative_int, default=_DEFAULTS.num_threads,
+                   help="torch CPU threads; 0 keeps torch's default (all cores). On a machine shared with other "
+                        "jobs, 1 can be several times faster than oversubscribed cores")
+    g.add_argument("--no-cache", action="store_true",
+                   help="do not decode the whole dataset into memory first; read images from disk per batch")
+    g.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop (with a checkpoint) once this many steps are done in total, e.g. for smoke runs")
+    g.add_argument("--max-minutes", type=positive_float, default=None,
+                   help="stop (with a checkpoint) after this many minutes of training in this invocation")
+    g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
+                   help="continue from a checkpoint: CKPT, or task-name/ckpt-save-name when given alone. "
+                        "A missing or unreadable checkpoint is an error, never a fresh start")
+    g.add_argument("--ckpt-save-name", default=_DEFAULTS.ckpt_save_name,
+                   help="checkpoint file name inside --task-name")
+    g.add_argument("--ckpt-every", type=positive_int, default=_DEFAULTS.ckpt_every,
+                   help="also checkpoint every this many steps (always at epoch ends, on Ctrl-C and when stopping)")
+    g.add_argument("--log-every", type=positive_int, default=_DEFAULTS.log_every,
+                   help="log loss, lr and images/s to metrics.csv every this many steps")
+    g.add_argument("--viz-save", action="store_true",
+                   help="save denoising-progress frames to task-name/viz/ and assemble viz/progress.gif at the end")
+    g.add_argument("--viz-live", action="store_true",
+                   help="show the frames in a matplotlib window (warns once and carries on without a display)")
+    g.add_argument("--viz-interval", type=positive_int, default=_DEFAULTS.viz_interval,
+                   help="steps between frames (one more at each epoch end)")
+    g.add_argument("--viz-num", type=positive_int, default=_DEFAULTS.viz_num, help="images per frame")
+    g.add_argument("--viz-t", type=timestep_or_last, default=_DEFAULTS.viz_t,
+                   help="timestep at which frames noise their images, in [0, T-1]; -1 is the last (T-1)")
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, DiffusionConfig]:
+    """The one place where flags become configs. Raises ValueError naming the bad value."""
+    diffusion_config = DiffusionConfig(args.num_timesteps, args.beta_start, args.beta_end)
+    model_config = preset_config(args.model)
+    train_config = TrainConfig(
+        task_name=args.task_name,
+        data_path=str(args.data_path),
+        model=args.model,
+        batch_size=args.batch_size,
+        num_epochs=args.num_epochs,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        ema_decay=args.ema_decay,
+        grad_clip=args.grad_clip if args.grad_clip > 0 else None,
+        seed=args.seed,
+        device=args.device,
+        num_workers=args.num_workers,
+        num_threads=args.num_threads,
+        cache=not args.no_cache,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        ckpt_save_name=args.ckpt_save_name,
+        ckpt_every=args.ckpt_every,
+        log_every=args.log_every,
+        viz_save=args.viz_save,
+        viz_live=args.viz_live,
+        viz_interval=args.viz_interval,
+        viz_num=args.viz_num,
+        viz_t=args.viz_t,
+    )
+    try:
+        train_config.resolved_viz_t(diffusion_config.num_timesteps)
+    except ValueError as err:
+        raise ValueError(f"--viz-t {args.viz_t}: {err}") from None
+    return train_config, model_config, diffusion_config
+
+
+def resume_path(args: argparse.Namespace, train_config: TrainConfig) -> Path | None:
+    if args.resume is None:
+        return None
+    return Path(args.resume) if args.resume else train_config.ckpt_path
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Train as the flags say. Returns 0 (done), 1 (diverged), 2 (user error) or 130 (interrupted)."""
+    try:
+        train_config, model_config, diffusion_config = build_configs(args)
+        resolve_device(train_config.device)
+    except ValueError as err:
+        parser.error(str(err))  # exits with status 2 and the usage line
+    resume_from = resume_path(args, train_config)
+    if train_config.num_threads:
+        torch.set_num_threads(train_config.num_threads)
+    try:
+        result = train(train_config, model_config, diffusion_config, resume_from=resume_from)
+    except TrainingDiverged as err:
+        logger.error("training diverged: %s", err)
+        return EXIT_DIVERGED
+    except (FileNotFoundError, ValueError, RunLockedError) as err:  # CheckpointError, dataset errors: ValueError
+        logger.debug("details", exc_info=True)
+        logger.error("%s", err)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        logger.error("interrupted (no checkpoint written by this interruption)")
+        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else EXIT_OK

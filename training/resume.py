@@ -1,0 +1,64 @@
+"""What a resumed run checks and restores beyond the weights: matching configs, and the RNG streams.
+
+A checkpoint can continue a run only if it describes the same model (every UNetConfig field), the same
+diffusion process and the same seed (the seed fixes the data order). The training recipe (lr, batch size,
+EMA decay, ...) may change — a warning says the run is then no longer the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from models import UNetConfig
+from scheduler import DiffusionConfig
+from training.checkpoint import RESUME_KEYS, CheckpointError, configs_from_checkpoint
+from training.config import RECIPE_FIELDS, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def config_differences(saved: dict, requested: dict) -> list[str]:
+    keys = sorted(set(saved) | set(requested))
+    return [f"{k}: checkpoint {saved.get(k)!r} vs requested {requested.get(k)!r}"
+            for k in keys if saved.get(k) != requested.get(k)]
+
+
+def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: UNetConfig,
+                     diffusion_config: DiffusionConfig) -> None:
+    """Refuse checkpoints that cannot continue this run; warn about changed training recipe."""
+    missing = [k for k in RESUME_KEYS if ckpt.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{source} cannot be resumed: it has no {missing} (a sampling-only export?)")
+    saved_model, saved_diffusion = configs_from_checkpoint(ckpt, source)
+    diffs = config_differences(saved_model.to_dict(), model_config.to_dict())
+    if diffs:
+        raise CheckpointError(f"{source} holds a different model (pass the --model it was trained with, "
+                              f"{ckpt['train_config'].get('model')!r}?): " + "; ".join(diffs))
+    diffs = config_differences(saved_diffusion.to_dict(), diffusion_config.to_dict())
+    if diffs:
+        raise CheckpointError(f"{source} was trained with another diffusion schedule: " + "; ".join(diffs))
+    saved_train = ckpt["train_config"]
+    if saved_train.get("seed") != config.seed:
+        raise CheckpointError(f"{source} was trained with --seed {saved_train.get('seed')}, not {config.seed}; "
+                              "the seed fixes the data order, so pass the same --seed to resume")
+    changed = config_differences({k: saved_train.get(k) for k in RECIPE_FIELDS},
+                                 {k: getattr(config, k) for k in RECIPE_FIELDS})
+    if changed:
+        logger.warning("resuming with a changed training recipe (the result will differ from an uninterrupted "
+                       "run): %s", "; ".join(changed))
+
+
+def restore_rng(rng: dict, noise_gen: torch.Generator, device: torch.device, source: str) -> None:
+    try:
+        torch.set_rng_state(rng["torch"])
+        if device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng.get("noise_device") == device.type:
+            noise_gen.set_state(rng["noise"])
+        else:
+            logger.warning("%s was trained on %s, now on %s: the t/ε random stream restarts (training continues "
+                           "correctly but not bit-identically)", source, rng.get("noise_device"), device.type)
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise CheckpointError(f"{source}: unusable RNG state ({type(err).__name__}: {err})") from None

@@ -1,0 +1,339 @@
+"""The DDPM training loop (Ho et al. 2020, Algorithm 1), read top to bottom in labelled sections.
+
+    repeat: x0 ~ q(x0);  t ~ Uniform{0, …, T−1};  ε ~ N(0, I)
+            gradient step on  ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖²      (L_simple, Eq. 14)
+
+with AdamW, a linear LR warm-up, optional gradient clipping and an EMA of the weights (used for
+visualisation and, through the checkpoint, for sampling).
+
+Exact resume: the data order is a function of (seed, epoch, offset) (see :mod:`training.batching`), t and
+ε come from a dedicated generator whose state is checkpointed, the LR and EMA decay are functions of the
+step, and the checkpoint holds model, EMA, optimizer and RNG states — so a run killed at any step and
+resumed ends bit-identical (on CPU) to one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from dataset import MNISTDataset, ensure_mnist_images
+from models import UNet, UNetConfig
+from scheduler import DiffusionConfig, LinearNoiseScheduler
+from training.batching import BatchSource, derived_seed, epoch_end_offset
+from training.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_checked,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
+from training.config import TrainConfig
+from training.ema import EMA
+from training.metrics_log import MetricsLog, plot_loss
+from training.resume import check_resumable, restore_rng
+from training.run_lock import RunLock
+from training.visualization import ProgressVisualizer, assemble_gif
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epoch: int  # epochs completed
+    loss: float  # mean loss of the last logging interval (nan if none)
+    stop_reason: str  # "completed", "max_steps", "max_minutes" or "interrupted"
+    checkpoint: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but CUDA is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up from lr/warmup_steps to lr over the first ``warmup_steps`` steps, then constant."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def l_simple(model: torch.nn.Module, scheduler: LinearNoiseScheduler, x0: torch.Tensor, t: torch.Tensor,
+             eps: torch.Tensor) -> torch.Tensor:
+    """L_simple = E‖ε − ε_θ(x_t, t)‖², x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε  (Eq. 14). x0, eps: [B, C, H, W]; t: [B]."""
+    x_t = scheduler.add_noise(x0, eps, t)
+    return torch.nn.functional.mse_loss(model(x_t, t), eps)
+
+
+class _StopFlag:
+    """First Ctrl-C (or SIGTERM) asks the loop to stop after the current step; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("%s received: stopping after this step and saving a checkpoint (Ctrl-C again to abort "
+                       "without saving)", signal.Signals(signum).name)
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: DiffusionConfig,
+          resume_from: str | Path | None = None, dataset=None) -> TrainResult:
+    """Train (or resume) a DDPM as ``config`` says; writes everything under ``config.task_name``.
+
+    Args:
+        resume_from: a checkpoint to continue from; a missing or unreadable one raises (never a silent
+            restart). Its model/diffusion config and seed must match the requested ones.
+        dataset: use these images instead of reading ``config.data_path`` (an :class:`MNISTDataset` or any
+            dataset of ``(image in [−1, 1], label)``; with ``as_tensors()`` it is batched from memory).
+
+    Raises:
+        TrainingDiverged: NaN/inf loss; nothing is saved, the last good checkpoint stays.
+        FileNotFoundError, CheckpointError, ValueError, RunLockedError: user errors, before any training.
+    """
+    # ---------------------------------------------------------------- setup
+    t_v = config.resolved_viz_t(diffusion_config.num_timesteps)
+    if model_config.context_dim is not None:
+        raise ValueError("this trainer trains unconditional models (ε_θ(x_t, t)); the model config has "
+                         f"context_dim={model_config.context_dim}. Use an unconditional preset")
+    device = resolve_device(config.device)
+    run_dir = config.run_dir
+    ckpt_path = config.ckpt_path
+    lock = RunLock(run_dir)
+    lock.acquire()
+    visualize = None
+    try:
+        remove_stale_temp_files(ckpt_path)
+        ckpt = None
+        if resume_from is not None:  # read first: a bad checkpoint fails before the data is loaded
+            ckpt = load_checkpoint(resume_from)
+            check_resumable(ckpt, str(resume_from), config, model_config, diffusion_config)
+
+        # ------------------------------------------------------------ data
+        if dataset is None:
+            data_path = ensure_mnist_images(config.data_path)
+            dataset = MNISTDataset.from_folder(data_path, cache=config.cache)
+        in_memory = config.num_workers == 0 and hasattr(dataset, "as_tensors") and config.cache
+        batches = BatchSource(dataset, config.batch_size, config.seed, device, in_memory, config.num_workers)
+        N = batches.num_samples
+        steps_per_epoch = batches.steps_per_epoch
+        total_steps = config.num_epochs * steps_per_epoch
+        last_step = min(total_steps, config.max_steps) if config.max_steps is not None else total_steps
+
+        # ------------------------------------------------------------ model, EMA, optimizer, noise RNG
+        torch.manual_seed(config.seed)
+        model = UNet(model_config).to(device)
+        ema = EMA(model, config.ema_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=device)
+        noise_gen = torch.Generator(device=device).manual_seed(derived_seed(config.seed, 2))  # t and ε
+        step, epoch, offset = 0, 0, 0
+
+        # ------------------------------------------------------------ resume
+        if ckpt is not None:
+            load_state_dict_checked(model, ckpt["model"], f"{resume_from}['model']")
+            load_state_dict_checked(ema.model, ckpt["ema"], f"{resume_from}['ema']")
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(f"{resume_from}: optimizer state does not fit the model ({err})") from None
+            step, epoch, offset = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["data_offset"])
+            restore_rng(ckpt["rng"], noise_gen, device, str(resume_from))
+            if ckpt["num_samples"] != N:
+                logger.warning("%s was trained on %d images, this dataset has %d: the data order differs from "
+                               "the original run from here on", resume_from, ckpt["num_samples"], N)
+            if offset >= epoch_end_offset(N, config.batch_size):
+                epoch, offset = epoch + 1, 0
+            logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", resume_from, step,
+                        epoch + 1, offset)
+        metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt is not None else None)
+        del ckpt
+        _write_config_json(run_dir / "config.json", config, model_config, diffusion_config, device, model,
+                           resume_from)
+        logger.info("training %s on %s: %d images, %d steps/epoch, until step %d; run folder %s",
+                    config.model, device, N, steps_per_epoch, last_step, run_dir)
+
+        # ------------------------------------------------------------ visualisation
+        if config.viz_save or config.viz_live:
+            visualize = ProgressVisualizer(scheduler, batches.fixed_images(config.viz_num, config.seed), t_v,
+                                           derived_seed(config.seed, 3), run_dir / "viz", config.viz_save,
+                                           config.viz_live)
+
+        def checkpoint(reason: str) -> None:
+            state = {
+                "format": FORMAT,
+                "model_config": model_config.to_dict(),
+                "diffusion_config": diffusion_config.to_dict(),
+                "train_config": config.to_dict(),
+                "model": model.state_dict(),
+                "ema": ema.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "epoch": epoch,
+                "data_offset": offset,
+                "num_samples": N,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+                    "noise": noise_gen.get_state(),
+                    "noise_device": device.type,
+                },
+            }
+            save_checkpoint(ckpt_path, state)
+            plot_loss(metrics.rows, run_dir / "loss.png")
+            logger.info("checkpoint %s at step %d (%s)", ckpt_path, step, reason)
+
+        # ------------------------------------------------------------ loop
+        end_offset = epoch_end_offset(N, config.batch_size)
+        max_seconds = 60 * config.max_minutes if config.max_minutes is not None else math.inf
+        stop_reason = None  # set to "completed", "max_steps", "max_minutes" or "interrupted"
+        last_saved = step if resume_from is not None else None
+        last_loss = math.nan
+        window = {"loss": 0.0, "steps": 0, "images": 0}
+        t_start = t_window = time.perf_counter()
+
+        def log_window(lr: float) -> None:
+            nonlocal last_loss, t_window
+            if window["steps"] == 0:
+                return
+            now = time.perf_counter()
+            last_loss = window["loss"] / window["steps"]
+            ips = window["images"] / max(now - t_window, 1e-9)
+            metrics.append(step, epoch + 1, last_loss, lr, ips, now - t_start)
+            bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
+            logger.info("step %d epoch %d loss %.4f lr %.2e %.0f img/s", step, epoch + 1, last_loss, lr, ips)
+            window.update(loss=0.0, steps=0, images=0)
+            t_window = now
+
+        model.train()
+        with _StopFlag() as stop, logging_redirect_tqdm():
+            while stop_reason is None:
+                if step >= last_step or epoch >= config.num_epochs:
+                    stop_reason = "completed" if step >= total_steps or epoch >= config.num_epochs else "max_steps"
+                    break
+                bar = tqdm(total=steps_per_epoch, initial=offset // config.batch_size, unit="step",
+                           desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True, leave=False)
+                lr = lr_at(step, config)
+                for x0 in batches(epoch, offset):
+                    lr = lr_at(step, config)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    t = scheduler.sample_timesteps(x0.shape[0], generator=noise_gen, device=device)
+                    eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+                    loss = l_simple(model, scheduler, x0, t, eps)
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        _diverged(f"loss is {loss_value}", step + 1, epoch + 1, ckpt_path, last_saved)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if config.grad_clip is not None:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                        if not torch.isfinite(grad_norm):
+                            _diverged(f"gradient norm is {grad_norm.item()}", step + 1, epoch + 1, ckpt_path,
+                                      last_saved)
+                    optimizer.step()
+                    ema.update(model, step)
+                    step += 1
+                    offset += x0.shape[0]
+                    window["loss"] += loss_value
+                    window["steps"] += 1
+                    window["images"] += x0.shape[0]
+                    bar.update(1)
+
+                    if step % config.log_every == 0:
+                        log_window(lr)
+                    if visualize is not None and step % config.viz_interval == 0:
+                        visualize(ema.model, epoch + 1, step)
+                    if step >= last_step:
+                        stop_reason = "completed" if step >= total_steps else "max_steps"
+                    elif time.perf_counter() - t_start > max_seconds:
+                        stop_reason = "max_minutes"
+                    elif stop.requested:
+                        stop_reason = "interrupted"
+                    if stop_reason is not None:
+                        break
+                    if step % config.ckpt_every == 0 and offset < end_offset:  # an epoch end saves anyway
+                        checkpoint("every --ckpt-every steps")
+                        last_saved = step
+                if stop_reason is not None:
+                    log_window(lr)  # the partial interval, so metrics.csv reaches the final checkpoint
+                bar.close()
+                if offset >= end_offset:  # the epoch is complete
+                    if visualize is not None:
+                        visualize(ema.model, epoch + 1, step, end_of_epoch=True)
+                    epoch, offset = epoch + 1, 0
+                    if stop_reason is None and epoch < config.num_epochs:
+                        checkpoint(f"end of epoch {epoch}")
+                        last_saved = step
+
+        # ------------------------------------------------------------ teardown
+        if last_saved != step:
+            checkpoint({"completed": "end of training", "max_steps": "reached --max-steps",
+                        "max_minutes": "reached --max-minutes", "interrupted": "interrupted"}[stop_reason])
+        if visualize is not None and config.viz_save:
+            assemble_gif(run_dir / "viz")
+        logger.info("stopped (%s) at step %d, %d epoch(s) complete; last loss %.4f; checkpoint %s", stop_reason,
+                    step, epoch, last_loss, ckpt_path)
+        return TrainResult(step, epoch, last_loss, stop_reason, ckpt_path)
+    finally:
+        if visualize is not None:
+            visualize.close()
+        lock.release()
+
+
+def _diverged(what: str, step: int, epoch: int, ckpt_path: Path, last_saved: int | None) -> None:
+    kept = (f"the last good checkpoint {ckpt_path} (step {last_saved}) is kept; resume from it with --resume, "
+            "perhaps with a lower --lr or --grad-clip" if last_saved is not None
+            else "no checkpoint had been written yet")
+    raise TrainingDiverged(f"{what} at step {step} (epoch {epoch}); stopping. {kept}")
+
+
+def _write_config_json(path: Path, config: TrainConfig, model_config: UNetConfig,
+                       diffusion_config: DiffusionConfig, device: torch.device, model: UNet,
+                       resume_from: str | Path | None) -> None:
+    resolved = {
+        "train": config.to_dict(),
+        "model": model_config.to_dict(),
+        "diffusion": diffusion_config.to_dict(),
+        "device": str(device),
+        "num_parameters": model.num_parameters(),
+        "resumed_from": str(resume_from) if resume_from is not None else None,
+        "torch_version": torch.__version__,
+    }
+    logger.info("resolved configuration: %s", json.dumps(resolved))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(resolved, indent=2) + "\n")
+    os.replace(tmp, path)
