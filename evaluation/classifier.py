@@ -1,0 +1,223 @@
+"""A small MNIST CNN whose penultimate layer is the feature space of the classifier-FID.
+
+Inception-v3 weights cannot be downloaded here, and Inception features of 28×28 digits are a poor
+metric anyway; the MNIST generative-model literature instead scores samples with a classifier trained on
+MNIST. This file holds that classifier and nothing else:
+
+    x ∈ [0, 1], (B, 1, 28, 28) → normalise (MNIST mean/std)
+      → [conv3×3 → ReLU → maxpool2] × 3       28 → 14 → 7 → 3
+      → flatten → linear → φ(x) ∈ R^feature_dim   (the FID features, taken *before* the ReLU)
+      → ReLU → dropout → linear → 10 logits
+
+The weights are trained by ``scripts/train_mnist_classifier.py`` and shipped as
+``checkpoints/mnist_classifier.pth`` with its sha256 in ``checkpoints/mnist_classifier.sha256``;
+:func:`load_classifier` checks the digest before loading, so a metric is never computed with other weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dataset.paths import REPO_ROOT
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIER_FORMAT = "mnist-classifier/1"
+DEFAULT_CLASSIFIER_PATH = REPO_ROOT / "checkpoints" / "mnist_classifier.pth"
+TRAIN_COMMAND = "python scripts/train_mnist_classifier.py"
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of MNIST train on the [0, 1] scale
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Architecture of :class:`MNISTClassifier`; stored in its checkpoint."""
+
+    channels: tuple[int, ...] = (16, 32, 64)  # one conv + 2×2 max-pool per entry: 28 → 14 → 7 → 3
+    feature_dim: int = 128  # width of φ(x), the FID feature space
+    num_classes: int = 10
+    dropout: float = 0.3
+    image_size: int = 28
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channels", tuple(self.channels))
+        if not self.channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.channels):
+            raise ValueError(f"ClassifierConfig.channels must be positive ints, got {self.channels!r}")
+        for name in ("feature_dim", "num_classes", "image_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ClassifierConfig.{name} must be a positive int, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ClassifierConfig.dropout must lie in [0, 1), got {self.dropout}")
+        if self.image_size >> len(self.channels) < 1:
+            raise ValueError(
+                f"{len(self.channels)} pooling stages shrink a {self.image_size}px image to nothing; "
+                "use fewer channels entries"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ClassifierConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ClassifierConfig fields {unknown}; valid fields are {sorted(known)}")
+        return cls(**data)
+
+
+class MNISTClassifier(nn.Module):
+    """p(y | x) for MNIST digits, with access to the penultimate features φ(x)."""
+
+    def __init__(self, config: ClassifierConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config if config is not None else ClassifierConfig()
+        layers: list[nn.Module] = []
+        in_ch, size = 1, config.image_size
+        for ch in config.channels:
+            layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            in_ch, size = ch, size // 2
+        self.conv = nn.Sequential(*layers)
+        self.fc_features = nn.Linear(in_ch * size * size, config.feature_dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc_logits = nn.Linear(config.feature_dim, config.num_classes)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x): ``[B, 1, 28, 28]`` images in [0, 1] → ``[B, feature_dim]`` (pre-activation, so roughly Gaussian)."""
+        size = self.config.image_size
+        if x.dim() != 4 or x.shape[1:] != (1, size, size):
+            raise ValueError(f"expected images of shape [B, 1, {size}, {size}] in [0, 1], got {tuple(x.shape)}")
+        h = self.conv((x - MNIST_MEAN) / MNIST_STD)  # (B, C, 3, 3)
+        return self.fc_features(h.flatten(1))  # (B, feature_dim)
+
+    def logits_from_features(self, phi: torch.Tensor) -> torch.Tensor:
+        return self.fc_logits(self.dropout(torch.relu(phi)))  # (B, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]`` for images ``[B, 1, 28, 28]`` in [0, 1]."""
+        return self.logits_from_features(self.features(x))
+
+
+# ---------------------------------------------------------------------------------------- checkpoint I/O
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def sha256_sidecar(path: str | Path) -> Path:
+    """``checkpoints/mnist_classifier.pth`` → ``checkpoints/mnist_classifier.sha256``."""
+    return Path(path).with_suffix(".sha256")
+
+
+def save_classifier(path: str | Path, model: MNISTClassifier, **metadata) -> str:
+    """Write a ``weights_only``-loadable checkpoint and its ``sha256sum``-format sidecar; return the digest.
+
+    ``metadata`` (e.g. ``test_accuracy``, ``seed``, ``train_seconds``) must hold plain Python values.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": CLASSIFIER_FORMAT,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        **metadata,
+    }
+    torch.save(state, path)
+    try:  # fail now, not at the first metric, if metadata holds something weights_only refuses
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        path.unlink()
+        raise ValueError(f"classifier metadata must be plain Python values (str, int, float, ...): {exc}") from exc
+    digest = file_sha256(path)
+    sha256_sidecar(path).write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def read_expected_sha256(path: str | Path) -> str:
+    sidecar = sha256_sidecar(path)
+    if not sidecar.is_file():
+        raise FileNotFoundError(
+            f"no checksum file {sidecar} next to the classifier {path}; the metrics only use verified "
+            f"weights. Retrain with `{TRAIN_COMMAND}` (it writes both files), or pass verify=False"
+        )
+    text = sidecar.read_text().split()
+    if not text or len(text[0]) != 64:
+        raise ValueError(f"{sidecar} does not hold a sha256 digest (expected `<64 hex digits>  <file name>`)")
+    return text[0].lower()
+
+
+def load_classifier(
+    path: str | Path = DEFAULT_CLASSIFIER_PATH,
+    device: str | torch.device = "cpu",
+    verify: bool = True,
+    expected_sha256: str | None = None,
+) -> tuple[MNISTClassifier, dict]:
+    """Load the classifier in eval mode after checking its sha256 (from the sidecar file by default).
+
+    Returns ``(model, metadata)``; ``metadata`` holds everything in the checkpoint but the weights, plus
+    ``path`` and ``sha256``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier weights {path} not found; train them with `{TRAIN_COMMAND}`")
+    digest = file_sha256(path)
+    if verify:
+        expected = (expected_sha256 or read_expected_sha256(path)).lower()
+        if digest != expected:
+            raise ValueError(
+                f"sha256 mismatch for {path}: file is {digest}, expected {expected}. The weights were changed "
+                f"or corrupted; restore them (git checkout {path.name}) or retrain with `{TRAIN_COMMAND}`"
+            )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors come in many types; say which file and what to do
+        raise ValueError(
+            f"{path} is not a readable classifier checkpoint ({exc}); retrain with `{TRAIN_COMMAND}`"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CLASSIFIER_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a {CLASSIFIER_FORMAT} checkpoint (format {found!r})")
+    model = MNISTClassifier(ClassifierConfig.from_dict(state["config"]))
+    model.load_state_dict(state["state_dict"])
+    model.to(device).eval()
+    metadata = {k: v for k, v in state.items() if k != "state_dict"}
+    metadata.update(path=str(path), sha256=digest)
+    logger.info("classifier %s (sha256 %s…, test accuracy %s)", path, digest[:12], metadata.get("test_accuracy"))
+    return model, metadata
+
+
+@torch.inference_mode()
+def classify_uint8(
+    model: MNISTClassifier, images: torch.Tensor, batch_size: int = 1000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """φ(x) and p(y|x) for uint8 images ``[N, 28, 28]`` (or ``[N, 1, 28, 28]``), batched.
+
+    Returns float64 CPU tensors ``(features [N, feature_dim], probs [N, num_classes])``.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 images (0..255), got dtype {images.dtype}")
+    if model.training:
+        raise ValueError("the classifier is in training mode (dropout on); call model.eval() first")
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    device = next(model.parameters()).device
+    feats, probs = [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device=device, dtype=torch.float32) / 255.0
+        phi = model.features(x)
+        feats.append(phi.double().cpu())
+        probs.append(torch.softmax(model.logits_from_features(phi).double(), dim=1).cpu())
+    if not feats:
+        return torch.empty(0, model.config.feature_dim, dtype=torch.float64), torch.empty(
+            0, model.config.num_classes, dtype=torch.float64
+        )
+    return torch.cat(feats), torch.cat(probs)

@@ -1,0 +1,225 @@
+"""The ``--eval-ddpm-model`` flags and entry point: sample from a checkpoint, save images, optionally score them.
+
+    python main.py --eval-ddpm-model                                  # the shipped checkpoints/mnist_small.pth
+    python main.py --eval-ddpm-model --ckpt-file runs/mnist_ddpm/test_001.pth --num-samples 100 --num-grid-rows 10
+    python main.py --eval-ddpm-model --sampler ddim --sample-steps 50 --eta 0.0 --metrics --num-samples 1000
+
+The model is rebuilt from the checkpoint alone (EMA weights unless ``--no-ema``). Output folder: ``--task-name``
+if given; otherwise the checkpoint's own folder (so ``runs/mnist_ddpm/test_001.pth`` writes next to its
+training run), except for shipped checkpoints under ``checkpoints/``, which write to ``runs/eval/<name>``.
+It receives::
+
+    samples/grid.png         the samples tiled in --num-grid-rows rows
+    samples/samples.npz      uint8 [N, 28, 28] under "images" (+ the run's settings as JSON "metadata")
+    samples/trajectory.gif   with --save-trajectory: x_t (left) and x̂0 (right) along the reverse chain
+    metrics.json             with --metrics (also printed as a table)
+
+Shares ``--task-name``, ``--seed``, ``--device``, ``--num-threads`` and ``--batch-size`` (the sampling batch
+size here) with training; ``--seed`` makes a run repeat exactly (same flags, same device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from dataset.paths import REPO_ROOT
+from evaluation.classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
+from evaluation.metrics import MetricsConfig, compute_metrics, format_metrics_table, load_mnist_reference
+from sampling import SamplerConfig, model_eps_fn, sample_images, save_grid_png, save_samples_npz, save_trajectory_gif
+from sampling.images import to_uint8
+from scheduler import SPACINGS
+
+logger = logging.getLogger(__name__)
+
+SHIPPED_DIR = REPO_ROOT / "checkpoints"
+DEFAULT_CKPT = SHIPPED_DIR / "mnist_small.pth"
+DEFAULT_EVAL_ROOT = Path("runs") / "eval"
+EXIT_OK, EXIT_USER_ERROR = 0, 2
+MAX_METRIC_SAMPLES = 60_000  # MNIST training digits available for the FID floor
+TRAIN_HINT = "python main.py --train-ddpm-model --task-name runs/mnist_ddpm"
+
+
+# ---------------------------------------------------------------------------------------------- value types
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _eta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"η must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {text}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- flags
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the evaluation-only flags (the shared ones come from training.cli)."""
+    g = parser.add_argument_group(
+        "evaluation (--eval-ddpm-model); also uses --task-name, --seed, --device, --num-threads and --batch-size "
+        "(the sampling batch)"
+    )
+    g.add_argument("--ckpt-file", type=Path, default=DEFAULT_CKPT,
+                   help="checkpoint to sample from; rebuilds the model from it alone")
+    g.add_argument("--use-ema", dest="use_ema", action="store_true", default=True,
+                   help="sample with the EMA weights (default; falls back to the raw weights if there are none)")
+    g.add_argument("--no-ema", dest="use_ema", action="store_false", help="sample with the raw training weights")
+    g.add_argument("--num-samples", type=_positive_int, default=100, help="images to draw")
+    g.add_argument("--num-grid-rows", type=_positive_int, default=10, help="rows of samples/grid.png")
+    g.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
+                   help="ddpm: ancestral sampling over all T steps; ddim: Song et al. (2021) over --sample-steps")
+    g.add_argument("--sample-steps", type=_positive_int, default=None,
+                   help="DDIM steps in [1, T] (default 50); DDPM always takes T")
+    g.add_argument("--eta", type=_eta, default=None,
+                   help="DDIM η in [0, 1]: 0 deterministic (default), 1 DDPM-like noise")
+    g.add_argument("--ddim-spacing", choices=SPACINGS, default="trailing",
+                   help="how DDIM picks its timesteps (see scheduler/ddim.py)")
+    g.add_argument("--no-clip-x0", dest="clip_x0", action="store_false",
+                   help="DDIM: do not clamp x̂0 to [-1, 1] (Eq. 12 verbatim)")
+    g.add_argument("--save-trajectory", action="store_true",
+                   help="also write samples/trajectory.gif of x_t and x̂0 along the chain (first 16 samples)")
+    g.add_argument("--trajectory-frames", type=_positive_int, default=40, help="frames in the trajectory GIF")
+    g.add_argument("--metrics", action="store_true",
+                   help="score the samples (classifier-FID, classifier score, class histogram, memorisation) "
+                        "and write metrics.json")
+    g.add_argument("--metrics-nn-reference", type=_positive_int, default=MetricsConfig.nn_reference_size,
+                   help="test digits whose nearest-training-digit distances set the memorisation threshold")
+    g.add_argument("--classifier-file", type=Path, default=DEFAULT_CLASSIFIER_PATH,
+                   help="classifier weights for the metrics (sha256-checked against the .sha256 beside them)")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def output_dir(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
+    """--task-name if the user set it, else the checkpoint's folder (runs/eval/<stem> for shipped checkpoints)."""
+    if args.task_name != parser.get_default("task_name"):
+        return Path(args.task_name)
+    ckpt = Path(args.ckpt_file).resolve()
+    if ckpt.parent == SHIPPED_DIR.resolve():
+        return DEFAULT_EVAL_ROOT / ckpt.stem
+    return Path(args.ckpt_file).parent
+
+
+def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SamplerConfig:
+    if args.sampler == "ddpm":
+        if args.eta is not None:
+            parser.error("--eta only applies to --sampler ddim (DDPM's reverse variance is fixed to β̃_t)")
+        return SamplerConfig("ddpm", num_steps=args.sample_steps)
+    return SamplerConfig("ddim", args.sample_steps, 0.0 if args.eta is None else args.eta, args.ddim_spacing,
+                         args.clip_x0)
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _checkpoint_missing_message(path: Path) -> str:
+    if path.resolve() == DEFAULT_CKPT.resolve():
+        return (f"no --ckpt-file given and the shipped checkpoint {_display(DEFAULT_CKPT)} does not "
+                f"exist yet: train a model (`{TRAIN_HINT}`) and pass --ckpt-file runs/mnist_ddpm/<name>.pth")
+    return (f"checkpoint {path} not found; pass the .pth written by --train-ddpm-model "
+            "(see --task-name/--ckpt-save-name)")
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Sample (and score) as the flags say. Returns 0, or 2 for a user error (bad file, impossible value)."""
+    from training.checkpoint import build_model_from_checkpoint  # the training package is heavy; import on use
+    from training.trainer import resolve_device
+
+    config = sampler_config(args, parser)  # flag combinations that need no checkpoint
+    if args.metrics and not 2 <= args.num_samples <= MAX_METRIC_SAMPLES:
+        parser.error(f"--metrics needs --num-samples in [2, {MAX_METRIC_SAMPLES}] (FID fits a Gaussian; the "
+                     f"real-vs-real floor draws that many training digits), got {args.num_samples}")
+    if getattr(args, "num_threads", 0):  # shared with training; 1 is fastest on an oversubscribed CPU
+        torch.set_num_threads(args.num_threads)
+    ckpt_path = Path(args.ckpt_file)
+    if not ckpt_path.is_file():
+        logger.error("%s", _checkpoint_missing_message(ckpt_path))
+        return EXIT_USER_ERROR
+    try:
+        device = resolve_device(args.device)
+        model, scheduler, ckpt = build_model_from_checkpoint(ckpt_path, use_ema=args.use_ema, device=device)
+    except (FileNotFoundError, ValueError) as err:  # CheckpointError is a ValueError
+        logger.error("%s", err)
+        return EXIT_USER_ERROR
+    T = scheduler.num_timesteps
+    try:
+        label = config.describe(T)  # checks --sample-steps against T
+    except ValueError as err:
+        parser.error(f"--sample-steps {args.sample_steps}: {err} (this checkpoint has T={T})")
+    classifier = clf_meta = None
+    if args.metrics:  # check the classifier before spending minutes on sampling
+        try:
+            classifier, clf_meta = load_classifier(args.classifier_file, device="cpu")
+        except (FileNotFoundError, ValueError) as err:
+            logger.error("cannot compute --metrics: %s", err)
+            return EXIT_USER_ERROR
+    out_dir = output_dir(args, parser)
+    weights = "ema" if args.use_ema and ckpt.get("ema") is not None else "model"  # exports keep EMA in "model"
+    logger.info("checkpoint %s (step %s, %r weights, T=%d) → %s; sampler %s, %d samples, seed %d",
+                ckpt_path, ckpt.get("step"), weights, T, out_dir, label, args.num_samples, args.seed)
+
+    # ------------------------------------------------------------------ sample
+    generator = torch.Generator().manual_seed(args.seed)  # CPU: the same noise on every device
+    num_traj = min(16, args.num_samples)
+    start = time.perf_counter()
+    result = sample_images(
+        model_eps_fn(model), scheduler, args.num_samples, config,
+        image_shape=(model.config.im_channels, 28, 28), batch_size=args.batch_size, generator=generator,
+        device=device, trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
+        trajectory_images=num_traj,
+    )
+    seconds = time.perf_counter() - start
+    logger.info("%d samples in %.1f s (%.2f images/s)", args.num_samples, seconds, args.num_samples / seconds)
+
+    # ------------------------------------------------------------------ save
+    run_info = {
+        "checkpoint": str(ckpt_path), "checkpoint_step": ckpt.get("step"),
+        "weights": weights,
+        "sampler": {**config.to_dict(), "label": label, "num_function_evals": result.num_function_evals},
+        "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size, "device": str(device),
+        "sampling_seconds": round(seconds, 3), "images_per_second": args.num_samples / seconds,
+    }
+    samples_dir = out_dir / "samples"
+    images = to_uint8(result.images)
+    save_grid_png(images, samples_dir / "grid.png", args.num_grid_rows)
+    save_samples_npz(images, samples_dir / "samples.npz", run_info)
+    written = [samples_dir / "grid.png", samples_dir / "samples.npz"]
+    if result.trajectory is not None:
+        rows = max(1, int(num_traj**0.5))
+        written.append(save_trajectory_gif(result.trajectory, samples_dir / "trajectory.gif", rows))
+    logger.info("wrote %s", ", ".join(str(p) for p in written))
+
+    # ------------------------------------------------------------------ score
+    if args.metrics:
+        try:
+            train_images, test_images = load_mnist_reference()
+            metrics = compute_metrics(images, classifier, train_images, test_images,
+                                      MetricsConfig(nn_reference_size=args.metrics_nn_reference))
+        except (FileNotFoundError, ValueError) as err:
+            logger.error("metrics not computed: %s", err)
+            return EXIT_USER_ERROR
+        report = {**run_info, "classifier": {k: clf_meta.get(k) for k in ("path", "sha256", "test_accuracy")},
+                  "metrics": metrics}
+        (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\n{label}, {args.num_samples} samples from {ckpt_path}\n{format_metrics_table(metrics)}\n")
+        logger.info("wrote %s", out_dir / "metrics.json")
+    return EXIT_OK

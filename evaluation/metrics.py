@@ -1,0 +1,263 @@
+"""Sample-quality metrics for MNIST generators, computed offline with the shipped classifier.
+
+Definitions (φ = the classifier's 128-d penultimate features, p(y|x) its softmax; images in [0, 1]):
+
+- **classifier-FID** — Fréchet distance between Gaussians fitted to φ of the N samples and of the 10,000
+  MNIST test digits: ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2}) (Heusel et al., 2017, with φ in place of
+  Inception). FID is biased upwards at small N, so it is reported with its **real-vs-real floor**: the same
+  FID for N random MNIST *training* digits against the test set (independent real data at the same N).
+- **classifier score** — exp(E_x KL(p(y|x) ‖ p(y))), p(y) the mean of p(y|x) over the samples (the Inception
+  Score of Salimans et al., 2016, on one split). 1 for uninformative samples, 10 for confident, balanced ones.
+- **class histogram** — counts of argmax p(y|x) (mode coverage), and its effective number of classes
+  exp(H(histogram/N)) ∈ [1, 10].
+- **mean max-probability** — E_x max_y p(y|x), sharpness: 0.1 (uniform) … 1 (certain).
+- **memorisation** — d(x) = min over the 60,000 training digits of ‖x − x_train‖₂ (pixels in [0, 1]). The
+  threshold is the 5th percentile of d over held-out test digits (1,000 by default), so by construction 5% of
+  real unseen digits fall below it; a fraction of samples well above 5% means the model copies training digits.
+
+Every "real" reference is computed at the same N as the samples, with a fixed seed, so runs are comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from evaluation.classifier import MNISTClassifier, classify_uint8
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Knobs of :func:`compute_metrics` (the defaults are what the README's numbers use)."""
+
+    nn_quantile: float = 0.05  # memorisation threshold: this quantile of test→train NN distances
+    nn_reference_size: int = 1000  # test digits used to estimate that quantile
+    seed: int = 0  # which real digits form the floor / NN reference (not the sampling seed)
+    batch_size: int = 1000  # classifier batch size
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.nn_quantile < 1.0:
+            raise ValueError(f"nn_quantile must lie in (0, 1), got {self.nn_quantile}")
+        if self.nn_reference_size < 1 or self.batch_size < 1:
+            raise ValueError("nn_reference_size and batch_size must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------- FID
+def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean ``[D]`` and unbiased covariance ``[D, D]`` (float64) of features ``[N, D]``, N ≥ 2."""
+    f = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need features of shape [N >= 2, D] to fit a Gaussian, got {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr((Σ₁Σ₂)^{1/2}) for symmetric PSD Σ₁, Σ₂, via the similar symmetric matrix Σ₁^{1/2} Σ₂ Σ₁^{1/2}.
+
+    Σ₁Σ₂ is not symmetric, so a general sqrtm may return complex noise; Σ₁^{1/2}Σ₂Σ₁^{1/2} has the same
+    eigenvalues and is symmetric PSD, so two ``eigh`` calls in float64 give the trace stably (tiny negative
+    eigenvalues from rounding are clipped to 0).
+    """
+    w1, v1 = np.linalg.eigh(sigma1)
+    sqrt_sigma1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T  # Σ₁^{1/2}
+    m = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+    eig = np.linalg.eigvalsh((m + m.T) / 2.0)
+    return float(np.sqrt(np.clip(eig, 0.0, None)).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """d² between N(μ₁, Σ₁) and N(μ₂, Σ₂): ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Tr((Σ₁Σ₂)^{1/2})."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(
+            f"mismatched Gaussian shapes: μ {mu1.shape} vs {mu2.shape}, Σ {sigma1.shape} vs {sigma2.shape}"
+        )
+    diff = mu1 - mu2
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+    return max(float(value), 0.0)  # rounding can leave −1e−12 for identical inputs
+
+
+def fid_from_features(features1: np.ndarray | torch.Tensor, features2: np.ndarray | torch.Tensor) -> float:
+    return frechet_distance(*gaussian_stats(features1), *gaussian_stats(features2))
+
+
+# ---------------------------------------------------------------------------------------- p(y|x) statistics
+def _probs(probs: np.ndarray | torch.Tensor) -> np.ndarray:
+    p = np.asarray(probs.cpu() if isinstance(probs, torch.Tensor) else probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] < 1:
+        raise ValueError(f"expected class probabilities [N >= 1, K], got shape {p.shape}")
+    if not np.allclose(p.sum(axis=1), 1.0, atol=1e-6) or (p < 0).any():
+        raise ValueError("each row of probs must be a probability distribution (non-negative, summing to 1)")
+    return p
+
+
+def classifier_score(probs: np.ndarray | torch.Tensor) -> float:
+    """exp(E_x KL(p(y|x) ‖ p(y))) with p(y) = E_x p(y|x); in [1, K]."""
+    p = _probs(probs)
+    p_y = p.mean(axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0 · log 0 := 0
+        kl = np.where(p > 0, p * (np.log(p) - np.log(p_y)), 0.0).sum(axis=1)
+    return float(np.exp(kl.mean()))
+
+
+def class_histogram(probs: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Counts of argmax_y p(y|x), shape ``[K]`` (int64)."""
+    p = _probs(probs)
+    return np.bincount(p.argmax(axis=1), minlength=p.shape[1]).astype(np.int64)
+
+
+def effective_num_classes(histogram: np.ndarray) -> float:
+    """exp(entropy) of a count histogram: K for a perfectly balanced one, 1 when one class has everything."""
+    h = np.asarray(histogram, dtype=np.float64)
+    q = h[h > 0] / h.sum()
+    return float(np.exp(-(q * np.log(q)).sum()))
+
+
+def mean_max_prob(probs: np.ndarray | torch.Tensor) -> float:
+    return float(_probs(probs).max(axis=1).mean())
+
+
+# ---------------------------------------------------------------------------------------- memorisation
+def nearest_neighbour_l2(
+    queries: np.ndarray, references: np.ndarray, chunk_size: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each uint8 query image, the L2 distance (pixels in [0, 1]) to its nearest reference and that index.
+
+    The argmin comes from ‖a‖² + ‖b‖² − 2a·b with chunked float32 matmuls (fast); the returned distance is then
+    recomputed exactly as ‖a − b‖ for the chosen pair, so identical images give exactly 0.
+    """
+    if queries.dtype != np.uint8 or references.dtype != np.uint8:
+        raise ValueError("nearest_neighbour_l2 expects uint8 images")
+    q = torch.from_numpy(queries.reshape(len(queries), -1)).float().div_(255.0)
+    r = torch.from_numpy(references.reshape(len(references), -1)).float().div_(255.0)
+    if q.shape[1] != r.shape[1] or len(r) == 0:
+        raise ValueError(f"queries {queries.shape} and references {references.shape} must be non-empty, same size")
+    r_sq = (r * r).sum(1)  # ‖b‖², (M,)
+    idx = torch.empty(len(q), dtype=torch.long)
+    for start in range(0, len(q), chunk_size):
+        qc = q[start:start + chunk_size]
+        d2 = (qc * qc).sum(1, keepdim=True) + r_sq[None, :] - 2.0 * qc @ r.T  # (chunk, M)
+        idx[start:start + chunk_size] = d2.argmin(1)
+    idx = idx.numpy()
+    diff = queries.reshape(len(queries), -1).astype(np.int32) - references.reshape(len(references), -1)[idx]
+    dist = np.sqrt((diff.astype(np.float64) ** 2).sum(axis=1)) / 255.0  # exact, from the integer pixels
+    return dist, idx
+
+
+def memorisation_stats(
+    sample_nn: np.ndarray, test_nn: np.ndarray, quantile: float
+) -> dict:
+    """Fraction of samples closer to the training set than the ``quantile`` of held-out test digits are."""
+    threshold = float(np.quantile(test_nn, quantile))
+    return {
+        "threshold_quantile": quantile,
+        "threshold": threshold,
+        "fraction_below_threshold": float((sample_nn < threshold).mean()),
+        "expected_fraction_for_real": quantile,
+        "nn_distance_median": float(np.median(sample_nn)),
+        "nn_distance_min": float(sample_nn.min()),
+        "test_nn_distance_median": float(np.median(test_nn)),
+        "num_test_reference": int(len(test_nn)),
+    }
+
+
+# ---------------------------------------------------------------------------------------- all together
+def load_mnist_reference() -> tuple[np.ndarray, np.ndarray]:
+    """The md5-verified MNIST digits the metrics compare against: uint8 train [60000, 28, 28], test [10000, 28, 28]."""
+    from dataset import load_mnist_idx
+
+    train_images, _ = load_mnist_idx("train")
+    test_images, _ = load_mnist_idx("test")
+    return train_images, test_images
+
+
+def floor_digits(train_images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """The N random training digits of the real-vs-real FID floor (a fixed draw for each (N, seed))."""
+    return train_images[np.random.default_rng([seed, 0]).choice(len(train_images), size=n, replace=False)]
+
+
+def nn_reference_digits(test_images: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """The test digits that set the memorisation threshold (independent of N, so thresholds compare)."""
+    size = min(size, len(test_images))
+    return test_images[np.random.default_rng([seed, 1]).choice(len(test_images), size=size, replace=False)]
+
+
+def compute_metrics(
+    samples: np.ndarray,
+    classifier: MNISTClassifier,
+    train_images: np.ndarray,
+    test_images: np.ndarray,
+    config: MetricsConfig | None = None,
+) -> dict:
+    """All metrics for uint8 ``samples [N, 28, 28]`` against MNIST (uint8 train and test images).
+
+    Returns a JSON-ready dict (see the module docstring for the definitions).
+    """
+    config = config if config is not None else MetricsConfig()
+    if samples.dtype != np.uint8 or samples.ndim != 3:
+        raise ValueError(f"samples must be uint8 [N, H, W], got {samples.dtype} {samples.shape}")
+    n = len(samples)
+    if n < 2:
+        raise ValueError(f"FID needs at least 2 samples, got {n}")
+    if n > len(train_images):
+        raise ValueError(f"the real-vs-real floor needs N <= {len(train_images)} training digits, got N = {n}")
+    real = floor_digits(train_images, n, config.seed)
+    nn_ref = nn_reference_digits(test_images, config.nn_reference_size, config.seed)
+
+    def classify(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return classify_uint8(classifier, torch.from_numpy(images), config.batch_size)
+
+    feats_test, _ = classify(test_images)
+    feats_gen, probs_gen = classify(samples)
+    feats_real, probs_real = classify(real)
+    stats_test = gaussian_stats(feats_test)
+    hist = class_histogram(probs_gen)
+
+    sample_nn, _ = nearest_neighbour_l2(samples, train_images)
+    test_nn, _ = nearest_neighbour_l2(nn_ref, train_images)
+
+    return {
+        "num_samples": n,
+        "fid_reference": f"MNIST test set ({len(test_images)} digits)",
+        "fid": frechet_distance(*gaussian_stats(feats_gen), *stats_test),
+        "fid_real_floor": frechet_distance(*gaussian_stats(feats_real), *stats_test),
+        "classifier_score": classifier_score(probs_gen),
+        "classifier_score_real": classifier_score(probs_real),
+        "mean_max_prob": mean_max_prob(probs_gen),
+        "mean_max_prob_real": mean_max_prob(probs_real),
+        "class_histogram": hist.tolist(),
+        "effective_num_classes": effective_num_classes(hist),
+        "effective_num_classes_real": effective_num_classes(class_histogram(probs_real)),
+        "memorisation": memorisation_stats(sample_nn, test_nn, config.nn_quantile),
+        "metrics_config": asdict(config),
+    }
+
+
+def format_metrics_table(metrics: dict) -> str:
+    """A plain-text table: each metric for the samples and for real digits at the same N."""
+    n = metrics["num_samples"]
+    mem = metrics["memorisation"]
+    rows = [
+        ("classifier-FID vs MNIST test (lower is better)", metrics["fid"], metrics["fid_real_floor"]),
+        ("classifier score (1..10)", metrics["classifier_score"], metrics["classifier_score_real"]),
+        ("mean max-probability", metrics["mean_max_prob"], metrics["mean_max_prob_real"]),
+        ("effective number of classes", metrics["effective_num_classes"], metrics["effective_num_classes_real"]),
+        (f"fraction with NN distance < {mem['threshold']:.3f}", mem["fraction_below_threshold"],
+         mem["expected_fraction_for_real"]),
+        ("median NN distance to train", mem["nn_distance_median"], mem["test_nn_distance_median"]),
+    ]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'metric':<{width}}  {'samples':>10}  {'real':>10}", "-" * (width + 24)]
+    lines += [f"{name:<{width}}  {a:>10.4f}  {b:>10.4f}" for name, a, b in rows]
+    hist = metrics["class_histogram"]
+    lines.append(f"{'class histogram (0..9)':<{width}}  {' '.join(str(c) for c in hist)}")
+    lines.append(f"N = {n} samples; 'real' = {n} random MNIST train digits (the FID floor at this N), "
+                 f"NN reference = {mem['num_test_reference']} test digits")
+    return "\n".join(lines)
+
