@@ -322,9 +322,33 @@ def test_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, data48, 
     assert not (run / ".lock").exists()
 
 
-def test_conditional_model_configs_are_refused():
+def test_conditional_flag_and_model_config_must_agree():
     from models import preset_config
     from scheduler import DiffusionConfig
 
-    with pytest.raises(ValueError, match="unconditional"):
+    with pytest.raises(ValueError, match="num_classes"):
+        trainer.train(TrainConfig(conditional=True), preset_config("tiny"), DiffusionConfig())
+    with pytest.raises(ValueError, match="num_classes"):
+        trainer.train(TrainConfig(), preset_config("tiny", context_dim=16, num_classes=3), DiffusionConfig())
+    with pytest.raises(ValueError, match="can only provide class labels"):
         trainer.train(TrainConfig(), preset_config("tiny", context_dim=16), DiffusionConfig())
+
+
+def test_conditional_run_round_trips_through_its_checkpoint(tmp_path, data48, caplog):
+    run = tmp_path / "cond"
+    rc = entry.main(argv(run, data48, "--conditional", "--num-classes", "3", "--cond-drop", "0.2",
+                         "--max-steps", "4", "--viz-save", "--viz-interval", "2", "--viz-num", "3"))
+    assert rc == 0
+    ckpt = load_checkpoint(run / "test_001.pth")
+    assert ckpt["train_config"]["conditional"] and ckpt["train_config"]["cond_drop"] == 0.2
+    model, _, _ = build_model_from_checkpoint(run / "test_001.pth")
+    assert model.config.conditional and model.config.num_classes == 3 and model.config.context_dim == 16
+    ctx = model.label_context(torch.tensor([0, 3]))  # a class and the null label
+    assert model(torch.zeros(2, 1, 28, 28), 5, context=ctx).shape == (2, 1, 28, 28)
+    assert (run / "viz" / "progress.gif").exists()
+    # The dataset's class count must match the model's.
+    with caplog.at_level(logging.ERROR):
+        assert entry.main(argv(tmp_path / "cond5", data48, "--conditional", "--num-classes", "5",
+                               "--max-steps", "1")) == 2
+    assert "--num-classes 3" in caplog.text
+

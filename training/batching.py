@@ -56,7 +56,8 @@ def epoch_end_offset(num_samples: int, batch_size: int) -> int:
 
 
 class BatchSource:
-    """Yields ``x0`` batches (float32 in [−1, 1] on ``device``) in the order of :func:`epoch_index_batches`.
+    """Yields ``(x0, labels)`` batches — x0 float32 in [−1, 1], labels int64, both on ``device`` — in the order
+    of :func:`epoch_index_batches`.
 
     Args:
         dataset: has ``__len__`` and ``__getitem__ -> (image float [C, H, W] in [−1, 1], label)``; with
@@ -73,29 +74,35 @@ class BatchSource:
         self.seed = seed
         self.device = device
         self.num_workers = num_workers
-        self.images = None
+        self.images = self.labels = None
         if in_memory:
-            self.images = dataset.as_tensors()[0].to(device)  # uint8 (N, C, H, W): ~47 MB for MNIST
+            images, labels = dataset.as_tensors()
+            self.images = images.to(device)  # uint8 (N, C, H, W): ~47 MB for MNIST
+            self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
 
     @property
     def steps_per_epoch(self) -> int:
         return steps_per_epoch(self.num_samples, self.batch_size)
 
-    def __call__(self, epoch: int, offset: int) -> Iterator[torch.Tensor]:
+    def __call__(self, epoch: int, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = epoch_index_batches(self.num_samples, self.batch_size, self.seed, epoch, offset)
         if self.images is not None:
             for index in batches:
-                yield to_model_range(self.images[index.to(self.images.device)])
+                index = index.to(self.images.device)
+                yield to_model_range(self.images[index]), self.labels[index]
             return
         loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda")
-        for x0, _ in loader:
-            yield x0.to(self.device, non_blocking=True)
+        for x0, labels in loader:
+            yield x0.to(self.device, non_blocking=True), torch.as_tensor(labels).to(self.device, non_blocking=True)
 
-    def fixed_images(self, count: int, seed: int) -> torch.Tensor:
-        """``count`` images chosen once by ``seed`` (for visualisation), float32 [count, C, H, W] on CPU."""
+    def fixed_batch(self, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` images chosen once by ``seed`` (for visualisation): float32 [count, C, H, W] and their
+        int64 labels [count], on CPU."""
         generator = torch.Generator().manual_seed(derived_seed(seed, 1))
         index = torch.randperm(self.num_samples, generator=generator)[: min(count, self.num_samples)]
         if self.images is not None:
-            return to_model_range(self.images[index.to(self.images.device)]).cpu()
-        return torch.stack([self.dataset[int(i)][0] for i in index])
+            index = index.to(self.images.device)
+            return to_model_range(self.images[index]).cpu(), self.labels[index].cpu()
+        items = [self.dataset[int(i)] for i in index]
+        return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])

@@ -70,6 +70,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    """A number in [0, 1)."""
+    value = _number(text, float, "a number")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value}")
+    return value
+
+
 def unit_interval(text: str) -> float:
     """A number in the open interval (0, 1) (β values)."""
     value = _number(text, float, "a number")
@@ -152,6 +160,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--viz-num", type=positive_int, default=_DEFAULTS.viz_num, help="images per frame")
     g.add_argument("--viz-t", type=timestep_or_last, default=_DEFAULTS.viz_t,
                    help="timestep at which frames noise their images, in [0, T-1]; -1 is the last (T-1)")
+    g.add_argument("--conditional", action="store_true",
+                   help="train a class-conditional model: labels become context tokens for cross-attention, "
+                        "with classifier-free guidance's null label (sample with --label/--guidance-scale)")
+    g.add_argument("--cond-drop", type=probability, default=_DEFAULTS.cond_drop,
+                   help="with --conditional: probability of replacing a label by the null label in training")
+    g.add_argument("--num-classes", type=positive_int, default=10,
+                   help="with --conditional: number of classes (class folders) in --data-path")
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -159,6 +174,9 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, Di
     """The one place where flags become configs. Raises ValueError naming the bad value."""
     diffusion_config = DiffusionConfig(args.num_timesteps, args.beta_start, args.beta_end)
     model_config = preset_config(args.model)
+    if args.conditional:  # label tokens as wide as the bottleneck, one token per label
+        model_config = preset_config(args.model, num_classes=args.num_classes,
+                                     context_dim=model_config.context_dim or model_config.channels[-1])
     train_config = TrainConfig(
         task_name=args.task_name,
         data_path=str(args.data_path),
@@ -185,6 +203,8 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, Di
         viz_interval=args.viz_interval,
         viz_num=args.viz_num,
         viz_t=args.viz_t,
+        conditional=args.conditional,
+        cond_drop=args.cond_drop,
     )
     try:
         train_config.resolved_viz_t(diffusion_config.num_timesteps)

@@ -54,6 +54,8 @@ class TrainConfig:
         viz_interval: steps between frames (plus one at each epoch end).
         viz_num: images per frame.
         viz_t: timestep at which the frames noise their images; -1 is the last, T-1.
+        conditional: train a class-conditional model (labels → context tokens for cross-attention).
+        cond_drop: probability of replacing a label by the null label (classifier-free guidance training).
     """
 
     task_name: str = "runs/mnist_ddpm"
@@ -81,6 +83,8 @@ class TrainConfig:
     viz_interval: int = 500
     viz_num: int = 8
     viz_t: int = -1
+    conditional: bool = False
+    cond_drop: float = 0.1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -113,6 +117,8 @@ class TrainConfig:
             raise bad("ema_decay", "must lie in [0, 1); 0.999 averages over roughly the last 1,000 steps")
         if self.grad_clip is not None and (not is_number(self.grad_clip) or self.grad_clip <= 0):
             raise bad("grad_clip", "must be None (no clipping) or a positive gradient norm")
+        if not is_number(self.cond_drop) or not 0.0 <= self.cond_drop < 1.0:
+            raise bad("cond_drop", "must lie in [0, 1): the probability of dropping a label to the null label")
         if self.device not in DEVICES:
             raise bad("device", f"must be one of {DEVICES}")
         if not is_int(self.viz_t) or self.viz_t < -1:

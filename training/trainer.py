@@ -79,10 +79,13 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 
 def l_simple(model: torch.nn.Module, scheduler: LinearNoiseScheduler, x0: torch.Tensor, t: torch.Tensor,
-             eps: torch.Tensor) -> torch.Tensor:
-    """L_simple = E‖ε − ε_θ(x_t, t)‖², x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε  (Eq. 14). x0, eps: [B, C, H, W]; t: [B]."""
+             eps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    """L_simple = E‖ε − ε_θ(x_t, t[, c])‖², x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε  (Eq. 14).
+
+    x0, eps: [B, C, H, W]; t: [B]; context: [B, M, context_dim] for a conditional model."""
     x_t = scheduler.add_noise(x0, eps, t)
-    return torch.nn.functional.mse_loss(model(x_t, t), eps)
+    eps_pred = model(x_t, t) if context is None else model(x_t, t, context=context)
+    return torch.nn.functional.mse_loss(eps_pred, eps)
 
 
 class _StopFlag:
@@ -126,9 +129,14 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
     """
     # ---------------------------------------------------------------- setup
     t_v = config.resolved_viz_t(diffusion_config.num_timesteps)
-    if model_config.context_dim is not None:
-        raise ValueError("this trainer trains unconditional models (ε_θ(x_t, t)); the model config has "
-                         f"context_dim={model_config.context_dim}. Use an unconditional preset")
+    if config.conditional != model_config.conditional:
+        raise ValueError(
+            f"TrainConfig.conditional={config.conditional} but the model config has "
+            f"num_classes={model_config.num_classes}: a class-conditional run needs a model with num_classes "
+            "and context_dim (training.cli.build_configs sets them), an unconditional run a model without")
+    if model_config.context_dim is not None and not model_config.conditional:
+        raise ValueError(f"the model config has context_dim={model_config.context_dim} but no num_classes: the "
+                         "trainer can only provide class labels as context")
     device = resolve_device(config.device)
     run_dir = config.run_dir
     ckpt_path = config.ckpt_path
@@ -146,6 +154,10 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         if dataset is None:
             data_path = ensure_mnist_images(config.data_path)
             dataset = MNISTDataset.from_folder(data_path, cache=config.cache)
+        if config.conditional and hasattr(dataset, "classes") and len(dataset.classes) != model_config.num_classes:
+            raise ValueError(f"{config.data_path} has {len(dataset.classes)} classes {dataset.classes} but the "
+                             f"model is built for num_classes={model_config.num_classes}; pass --num-classes "
+                             f"{len(dataset.classes)}")
         in_memory = config.num_workers == 0 and hasattr(dataset, "as_tensors") and config.cache
         batches = BatchSource(dataset, config.batch_size, config.seed, device, in_memory, config.num_workers)
         N = batches.num_samples
@@ -188,9 +200,9 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
 
         # ------------------------------------------------------------ visualisation
         if config.viz_save or config.viz_live:
-            visualize = ProgressVisualizer(scheduler, batches.fixed_images(config.viz_num, config.seed), t_v,
-                                           derived_seed(config.seed, 3), run_dir / "viz", config.viz_save,
-                                           config.viz_live)
+            viz_images, viz_labels = batches.fixed_batch(config.viz_num, config.seed)
+            visualize = ProgressVisualizer(scheduler, viz_images, t_v, derived_seed(config.seed, 3), run_dir / "viz",
+                                           config.viz_save, config.viz_live, viz_labels)
 
         def checkpoint(reason: str) -> None:
             state = {
@@ -247,13 +259,17 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 bar = tqdm(total=steps_per_epoch, initial=offset // config.batch_size, unit="step",
                            desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True, leave=False)
                 lr = lr_at(step, config)
-                for x0 in batches(epoch, offset):
+                for x0, labels in batches(epoch, offset):
                     lr = lr_at(step, config)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     t = scheduler.sample_timesteps(x0.shape[0], generator=noise_gen, device=device)
                     eps = torch.randn(x0.shape, generator=noise_gen, device=device)
-                    loss = l_simple(model, scheduler, x0, t, eps)
+                    context = None
+                    if config.conditional:  # classifier-free guidance: learn ε(x_t, t, ∅) on dropped labels
+                        labels = model.label_embedding.drop_labels(labels, config.cond_drop, generator=noise_gen)
+                        context = model.label_context(labels)
+                    loss = l_simple(model, scheduler, x0, t, eps, context)
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):
                         _diverged(f"loss is {loss_value}", step + 1, epoch + 1, ckpt_path, last_saved)

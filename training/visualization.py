@@ -136,10 +136,12 @@ class ProgressVisualizer:
         seed: seeds ε, drawn once on the CPU (so frames are identical on any device).
         viz_dir: where frames are saved when ``save``.
         save, live: write PNGs / update a matplotlib window.
+        labels: ``[N]`` class labels of ``x0``; a class-conditional model is shown them as its context.
     """
 
     def __init__(self, scheduler: LinearNoiseScheduler, x0: torch.Tensor, t: int, seed: int, viz_dir: Path,
-                 save: bool, live: bool) -> None:
+                 save: bool, live: bool, labels: torch.Tensor | None = None) -> None:
+        self.labels = labels.to(scheduler.device) if labels is not None else None
         generator = torch.Generator().manual_seed(seed)
         self.t = t
         self.x0 = x0.to(scheduler.device)
@@ -154,7 +156,9 @@ class ProgressVisualizer:
 
     @torch.no_grad()
     def render(self, model: torch.nn.Module, title: str) -> np.ndarray:
-        eps_pred = model(self.x_t, self.t)
+        conditional = getattr(model, "label_embedding", None) is not None
+        context = model.label_context(self.labels) if conditional else None
+        eps_pred = model(self.x_t, self.t, context=context)
         x0_pred = self.scheduler.predict_x0(self.x_t, eps_pred, self.t).clamp(-1.0, 1.0)
         return make_frame([self.x0, self.x_t, x0_pred], title)
 
