@@ -168,6 +168,17 @@ def memorisation_stats(
 
 
 # ---------------------------------------------------------------------------------------- all together
+def label_accuracy(probs: np.ndarray | torch.Tensor, requested: np.ndarray | torch.Tensor) -> dict:
+    """How often the classifier's argmax is the class that was asked for: overall and per requested class."""
+    predicted = _probs(probs).argmax(axis=1)
+    requested = np.asarray(requested, dtype=np.int64)
+    if requested.shape != predicted.shape:
+        raise ValueError(f"need one requested label per sample, got {requested.shape} for {predicted.shape}")
+    hit = predicted == requested
+    per_class = {int(c): float(hit[requested == c].mean()) for c in np.unique(requested)}
+    return {"overall": float(hit.mean()), "per_class": per_class}
+
+
 def load_mnist_reference() -> tuple[np.ndarray, np.ndarray]:
     """The md5-verified MNIST digits the metrics compare against: uint8 train [60000, 28, 28], test [10000, 28, 28]."""
     from dataset import load_mnist_idx
@@ -194,9 +205,11 @@ def compute_metrics(
     train_images: np.ndarray,
     test_images: np.ndarray,
     config: MetricsConfig | None = None,
+    requested_labels: np.ndarray | None = None,
 ) -> dict:
     """All metrics for uint8 ``samples [N, 28, 28]`` against MNIST (uint8 train and test images).
 
+    ``requested_labels [N]``: the classes a conditional model was asked for; adds ``label_accuracy``.
     Returns a JSON-ready dict (see the module docstring for the definitions).
     """
     config = config if config is not None else MetricsConfig()
@@ -222,6 +235,7 @@ def compute_metrics(
     sample_nn, _ = nearest_neighbour_l2(samples, train_images)
     test_nn, _ = nearest_neighbour_l2(nn_ref, train_images)
 
+    extra = {} if requested_labels is None else {"label_accuracy": label_accuracy(probs_gen, requested_labels)}
     return {
         "num_samples": n,
         "fid_reference": f"MNIST test set ({len(test_images)} digits)",
@@ -236,6 +250,7 @@ def compute_metrics(
         "effective_num_classes_real": effective_num_classes(class_histogram(probs_real)),
         "memorisation": memorisation_stats(sample_nn, test_nn, config.nn_quantile),
         "metrics_config": asdict(config),
+        **extra,
     }
 
 
@@ -257,6 +272,11 @@ def format_metrics_table(metrics: dict) -> str:
     lines += [f"{name:<{width}}  {a:>10.4f}  {b:>10.4f}" for name, a, b in rows]
     hist = metrics["class_histogram"]
     lines.append(f"{'class histogram (0..9)':<{width}}  {' '.join(str(c) for c in hist)}")
+    if "label_accuracy" in metrics:
+        acc = metrics["label_accuracy"]
+        lines.append(f"{'label accuracy (classifier agrees)':<{width}}  {acc['overall']:>10.4f}")
+        lines.append(f"{'  per requested class':<{width}}  "
+                     + " ".join(f"{c}:{a:.2f}" for c, a in acc["per_class"].items()))
     lines.append(f"N = {n} samples; 'real' = {n} random MNIST train digits (the FID floor at this N), "
                  f"NN reference = {mem['num_test_reference']} test digits")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Drawing images from a trained DDPM: the sampling loops and the files they write."""
 
+from sampling.guidance import class_conditional_eps_fns, guided_eps_fn, labels_in_rows
 from sampling.images import (
     load_samples_npz,
     make_grid,
@@ -26,6 +27,9 @@ __all__ = [
     "SampleResult",
     "SamplerConfig",
     "Trajectory",
+    "class_conditional_eps_fns",
+    "guided_eps_fn",
+    "labels_in_rows",
     "load_samples_npz",
     "make_grid",
     "make_stepper",

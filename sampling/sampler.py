@@ -5,14 +5,12 @@ Sampling is scheduler + noise predictor and nothing else. The noise predictor is
     eps_fn(x_t: Tensor [B, C, H, W], t: LongTensor [B]) -> ε̂ [B, C, H, W]
 
 so the plain model (:func:`model_eps_fn`) and a guided mixture of model calls (classifier-free guidance,
-Ho & Salimans 2022: ε̃ = (1 + w) ε_θ(x_t, t, c) − w ε_θ(x_t, t, ∅)) plug in the same way. When the
-predictor depends on *which* samples are in the batch (per-sample class labels), pass
+:mod:`sampling.guidance`: ε̃ = ε_θ(x_t, t, ∅) + w (ε_θ(x_t, t, c) − ε_θ(x_t, t, ∅))) plug in the same way. When
+the predictor depends on *which* samples are in the batch (per-sample class labels), pass
 ``batch_eps_fn(start, stop) -> eps_fn`` instead; it is called once per batch with that batch's sample range::
 
-    def guided(start, stop):
-        c = labels[start:stop]                     # this batch's conditions
-        return lambda x_t, t: (1 + w) * model(x_t, t, embed(c)) - w * model(x_t, t, embed(null))
-    sample_images(None, scheduler, len(labels), config, batch_eps_fn=guided)
+    batch_eps_fn = class_conditional_eps_fns(model, labels, guidance_scale=w)
+    sample_images(None, scheduler, len(labels), config, batch_eps_fn=batch_eps_fn)
 
 Both samplers run one shared chain (:func:`run_chain`): start from x_T ~ N(0, I), then for each timestep
 of the sampler's sequence call ``eps_fn`` and the scheduler's step, ``(x_prev, x0_pred) = step(x_t, ε̂, t,
