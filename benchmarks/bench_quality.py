@@ -1,0 +1,133 @@
+"""Quality per CPU-minute: train for a fixed wall-clock budget, then sample with DDIM-50 and score.
+
+    python benchmarks/bench_quality.py --minutes 15 --models small            # one model per process…
+    python benchmarks/bench_quality.py --minutes 15 --models diffusers-small  # …run both side by side
+    python benchmarks/bench_quality.py --report                               # the table of every result so far
+
+Both models go through the same recipe — the repository's defaults: batch 128 from the in-memory MNIST
+cache, t uniform, L_simple, AdamW lr 1e-3 with a 200-step warm-up, gradient clipping at 1.0, EMA 0.999 with
+warm-up — for ``--minutes`` of wall-clock training, then the EMA weights draw ``--num-samples`` digits with
+DDIM-50 (η = 0, trailing spacing). Scores: classifier-FID against the MNIST test set next to the
+real-vs-real floor at the same N, and the classifier score. Results go to ``<out-dir>/<model>.json`` and a
+sample grid to ``<out-dir>/<model>_grid.png``. Run the two models at the same time with ``--num-threads 1``
+each on a 2-core machine, so that they share it alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from common import REPO_ROOT, build_model, num_parameters, print_table
+
+from dataset import MNISTDataset, ensure_mnist_images
+from evaluation.classifier import load_classifier
+from evaluation.metrics import compute_metrics, load_mnist_reference
+from sampling import SamplerConfig, model_eps_fn, sample_images, save_grid_png, to_uint8
+from scheduler import LinearNoiseScheduler
+from training.batching import BatchSource
+from training.config import TrainConfig
+from training.ema import EMA
+from training.trainer import l_simple, lr_at
+
+
+def train_for(model: torch.nn.Module, minutes: float, seed: int) -> dict:
+    """The repository's training recipe for ``minutes`` of wall clock; returns what it did."""
+    config = TrainConfig(seed=seed)
+    dataset = MNISTDataset.from_folder(ensure_mnist_images(config.data_path), cache=True)
+    batches = BatchSource(dataset, config.batch_size, seed, torch.device("cpu"), in_memory=True)
+    scheduler = LinearNoiseScheduler()
+    ema = EMA(model, config.ema_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    step, losses, start = 0, [], time.perf_counter()
+    model.train()
+    for epoch in range(10**6):
+        for x0, _ in batches(epoch, 0):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, config)
+            t = scheduler.sample_timesteps(x0.shape[0], generator=generator)
+            eps = torch.randn(x0.shape, generator=generator)
+            loss = l_simple(model, scheduler, x0, t, eps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            ema.update(model, step)
+            step += 1
+            losses.append(loss.item())
+            if time.perf_counter() - start > 60 * minutes:
+                seconds = time.perf_counter() - start
+                tail = losses[-100:]
+                return {"ema": ema.model, "steps": step, "epochs": step * config.batch_size / len(dataset),
+                        "train_seconds": seconds, "images_per_s": step * config.batch_size / seconds,
+                        "final_loss": sum(tail) / len(tail)}
+    raise AssertionError("unreachable")
+
+
+def evaluate(model: torch.nn.Module, num_samples: int, seed: int, grid_path: Path) -> dict:
+    scheduler = LinearNoiseScheduler()
+    start = time.perf_counter()
+    result = sample_images(model_eps_fn(model), scheduler, num_samples, SamplerConfig("ddim", 50),
+                           batch_size=250, generator=torch.Generator().manual_seed(seed), progress=False)
+    seconds = time.perf_counter() - start
+    images = to_uint8(result.images)
+    save_grid_png(images[:100], grid_path, 10, scale=2)
+    classifier, _ = load_classifier()
+    train_images, test_images = load_mnist_reference()
+    metrics = compute_metrics(images, classifier, train_images, test_images)
+    return {"sample_seconds": seconds, "fid": metrics["fid"], "fid_floor": metrics["fid_real_floor"],
+            "classifier_score": metrics["classifier_score"], "class_histogram": metrics["class_histogram"]}
+
+
+def report(out_dir: Path) -> None:
+    rows = []
+    for path in sorted(out_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        rows.append({"model": r["model"], "params": f"{r['params']:,}", "minutes": r["minutes"],
+                     "threads": r["threads"], "steps": r["steps"], "epochs": f"{r['epochs']:.2f}",
+                     "train img/s": f"{r['images_per_s']:.0f}", "loss": f"{r['final_loss']:.4f}",
+                     f"FID (N={r['num_samples']})": f"{r['fid']:.2f}", "floor": f"{r['fid_floor']:.2f}",
+                     "score": f"{r['classifier_score']:.2f}"})
+    if rows:
+        print_table(rows, list(rows[0]))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["small", "diffusers-small"])
+    parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget per model")
+    parser.add_argument("--num-samples", type=int, default=1000, help="DDIM-50 samples scored per model")
+    parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "runs" / "bench_quality")
+    parser.add_argument("--report", action="store_true", help="only print the table of earlier results")
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        report(args.out_dir)
+        return
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    for name in args.models:
+        torch.manual_seed(args.seed)
+        model = build_model(name)
+        print(f"{name}: {num_parameters(model):,} parameters, training for {args.minutes} min", flush=True)
+        trained = train_for(model, args.minutes, args.seed)
+        ema = trained.pop("ema").eval()
+        with torch.inference_mode():
+            scores = evaluate(ema, args.num_samples, args.seed, args.out_dir / f"{name}_grid.png")
+        result = {"model": name, "params": num_parameters(model), "minutes": args.minutes,
+                  "threads": torch.get_num_threads(), "num_samples": args.num_samples, **trained, **scores}
+        assert math.isfinite(result["fid"])
+        (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result), flush=True)
+    report(args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
