@@ -40,10 +40,18 @@ class LabelEmbedding(nn.Module):
             )
         return self.table(labels).view(labels.shape[0], self.num_tokens, self.context_dim)
 
-    def drop_labels(self, labels: torch.Tensor, p_drop: float, generator: torch.Generator | None = None):
-        """Replace each label by the null label with probability ``p_drop`` (classifier-free training)."""
+    def drop_labels(self, labels: torch.Tensor, p_drop: float, generator: torch.Generator | None = None,
+                    noise: torch.Tensor | None = None):
+        """Replace each label by the null label with probability ``p_drop`` (classifier-free training).
+
+        Label i is dropped where u_i < ``p_drop``, u ~ U[0, 1) drawn from ``generator`` — or given as ``noise``
+        (shape ``[B]``), e.g. a slice of the draws for a larger batch (data-parallel training)."""
         if not 0.0 <= p_drop <= 1.0:
             raise ValueError(f"label drop probability must lie in [0, 1], got {p_drop}")
-        device = generator.device if generator is not None else labels.device
-        drop = torch.rand(labels.shape, generator=generator, device=device).to(labels.device) < p_drop
+        if noise is None:
+            device = generator.device if generator is not None else labels.device
+            noise = torch.rand(labels.shape, generator=generator, device=device)
+        elif noise.shape != labels.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal labels shape {tuple(labels.shape)}")
+        drop = noise.to(labels.device) < p_drop
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)

@@ -54,3 +54,15 @@ def test_conditional_config_validation():
     with pytest.raises(ValueError, match="UNetConfig.label_tokens"):
         UNetConfig(context_dim=8, num_classes=10, label_tokens=0)
     assert UNetConfig(context_dim=8, num_classes=10).conditional and not UNetConfig().conditional
+
+
+def test_drop_labels_takes_its_uniform_draws_as_noise():
+    """Label i is dropped where u_i < p; passing u (a slice of a larger batch's draws) equals drawing it."""
+    emb = LabelEmbedding(num_classes=3, context_dim=4)
+    labels = torch.tensor([0, 1, 2, 1])
+    assert emb.drop_labels(labels, 0.5, noise=torch.tensor([0.1, 0.9, 0.49, 0.5])).tolist() == [3, 1, 3, 1]
+    drawn = emb.drop_labels(labels, 0.3, generator=torch.Generator().manual_seed(4))
+    given = emb.drop_labels(labels, 0.3, noise=torch.rand(4, generator=torch.Generator().manual_seed(4)))
+    assert torch.equal(drawn, given)
+    with pytest.raises(ValueError, match="noise shape"):
+        emb.drop_labels(labels, 0.3, noise=torch.rand(8))

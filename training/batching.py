@@ -9,8 +9,15 @@ Two ways to read a batch:
 
 * in memory (the default on CPU): index the cached uint8 tensor ``[N, C, H, W]`` and map to [−1, 1]
   per batch — no DataLoader, no worker processes, measurably faster on a 2-core machine;
-* a ``DataLoader`` with ``batch_sampler`` = the same index lists, when ``num_workers > 0`` or the data is
-  not cached (decoding PNGs in workers).
+* a ``DataLoader`` with a :class:`ResumableDistributedSampler` yielding the same indices, when
+  ``num_workers > 0`` or the data is not cached (decoding PNGs in workers).
+
+With ``W`` ranks (:mod:`training.distributed`) each rank reads ``B`` images per step and a step consumes the
+global batch of ``W·B`` consecutive indices of the permutation: rank ``r`` takes indices ``r, r + W, r + 2W, …``
+of it (:func:`rank_slice`). That is ``DistributedSampler``'s rank assignment (it strides over the whole epoch,
+``perm[r::W]``, which per global batch is the same thing), and the in-memory path shards identically. So the
+union of the ranks' batches at step k is the global batch k of a one-process run with batch ``W·B``, ``offset``
+counts global samples, and a checkpoint resumes under any world size with the same global batch.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from dataset import to_model_range
 
@@ -55,44 +62,103 @@ def epoch_end_offset(num_samples: int, batch_size: int) -> int:
     return steps_per_epoch(num_samples, batch_size) * batch_size if num_samples >= batch_size else num_samples
 
 
+def rank_slice(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s share of a global batch (of indices, or of per-image noise): rows ``rank::world_size``."""
+    return batch[rank::world_size] if world_size > 1 else batch
+
+
+def rank_index_batches(num_samples: int, batch_size: int, seed: int, epoch: int, offset: int, rank: int = 0,
+                       world_size: int = 1) -> list[torch.Tensor]:
+    """Rank ``rank``'s index batches (``batch_size`` each) of the global batches (``batch_size × world_size``)
+    that remain of epoch ``epoch`` after ``offset`` samples."""
+    global_batches = epoch_index_batches(num_samples, batch_size * world_size, seed, epoch, offset)
+    return [rank_slice(b, rank, world_size) for b in global_batches]
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's ``DistributedSampler`` over this module's data order, resumable mid-epoch.
+
+    It keeps ``DistributedSampler``'s rank assignment (rank r: every W-th index from r) and ``set_epoch``, and
+    replaces its permutation (``randperm`` seeded by ``seed + epoch``) by :func:`epoch_permutation`, cut to
+    whole global batches and started at ``offset`` (``set_epoch(epoch, offset)``) — so a DataLoader over it
+    yields exactly :func:`rank_index_batches`.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.batch_size = batch_size
+        self.offset = 0
+
+    def set_epoch(self, epoch: int, offset: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.offset = offset
+
+    def _batches(self) -> list[torch.Tensor]:
+        return rank_index_batches(len(self.dataset), self.batch_size, self.seed, self.epoch, self.offset, self.rank,
+                                  self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([i for b in self._batches() for i in b.tolist()])
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._batches())
+
+
 class BatchSource:
     """Yields ``(x0, labels)`` batches — x0 float32 in [−1, 1], labels int64, both on ``device`` — in the order
-    of :func:`epoch_index_batches`.
+    of :func:`rank_index_batches`.
 
     Args:
         dataset: has ``__len__`` and ``__getitem__ -> (image float [C, H, W] in [−1, 1], label)``; with
             ``in_memory`` also ``as_tensors() -> (uint8 [N, C, H, W], labels)``.
+        batch_size: images per rank per step; a step consumes ``batch_size × world_size`` (the global batch).
         in_memory: batch from the uint8 tensor (moved to ``device`` once) instead of a DataLoader.
         num_workers: DataLoader workers (ignored in memory).
+        rank, world_size: this process's share of each global batch (see the module docstring).
     """
 
     def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, in_memory: bool,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.dataset = dataset
         self.num_samples = len(dataset)
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
         self.num_workers = num_workers
+        self.rank = rank
+        self.world_size = world_size
+        if world_size > 1 and self.num_samples < self.global_batch_size:
+            raise ValueError(f"the dataset has {self.num_samples} images, fewer than one global batch of "
+                             f"{batch_size} per rank × {world_size} ranks = {self.global_batch_size}; lower "
+                             "--batch-size or start fewer processes")
         self.images = self.labels = None
+        self.sampler = None
         if in_memory:
             images, labels = dataset.as_tensors()
             self.images = images.to(device)  # uint8 (N, C, H, W): ~47 MB for MNIST
             self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
+        else:
+            self.sampler = ResumableDistributedSampler(dataset, batch_size, seed, rank, world_size)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
 
     @property
     def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.num_samples, self.batch_size)
+        return steps_per_epoch(self.num_samples, self.global_batch_size)
 
     def __call__(self, epoch: int, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        batches = epoch_index_batches(self.num_samples, self.batch_size, self.seed, epoch, offset)
+        """This rank's batches of epoch ``epoch`` after ``offset`` global samples."""
         if self.images is not None:
-            for index in batches:
+            for index in rank_index_batches(self.num_samples, self.batch_size, self.seed, epoch, offset, self.rank,
+                                            self.world_size):
                 index = index.to(self.images.device)
                 yield to_model_range(self.images[index]), self.labels[index]
             return
-        loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
+        self.sampler.set_epoch(epoch, offset)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
         for x0, labels in loader:
             yield x0.to(self.device, non_blocking=True), torch.as_tensor(labels).to(self.device, non_blocking=True)
 

@@ -6,6 +6,9 @@
 Impossible values are rejected by the parser (``type=`` checks, ``choices=``) or by :func:`build_configs`
 through ``parser.error`` — before any data is read. Also defines the flags both modes share:
 ``--task-name``, ``--seed``, ``--device``.
+
+Under ``torchrun`` every process runs this entry point; :func:`run` joins the process group before training
+and leaves it afterwards (:mod:`training.distributed`), and ranks other than 0 log warnings only.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import torch
 from dataset import DEFAULT_DATA_PATH
 from models import PRESETS, UNetConfig, preset_config
 from scheduler import DiffusionConfig
-from training.config import DEVICES, TrainConfig
+from training.config import DEVICES, PRECISIONS, TrainConfig
+from training.distributed import PeerSetupError, resolve_device, setup_distributed, teardown_distributed
+from training.performance import resolve_performance
 from training.run_lock import RunLockedError
-from training.trainer import TrainingDiverged, resolve_device, train
+from training.trainer import TrainingDiverged, train
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +173,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=positive_int, default=10,
                    help="with --conditional: number of classes (class folders) in --data-path")
 
+    p = parser.add_argument_group(
+        "performance (--train-ddpm-model); each defaults to the fastest safe choice for the device, logged at start. "
+        "Multi-process: torchrun --nproc_per_node=N main.py --train-ddpm-model ... (--batch-size is per process)")
+    p.add_argument("--precision", default=_DEFAULTS.precision, choices=PRECISIONS,
+                   help="UNet arithmetic: bf16/fp16 autocast (fp16 with loss scaling) or fp32; the noise schedule "
+                        "and the loss stay fp32. auto: bf16 on GPUs that support it, else fp32")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=_DEFAULTS.compile,
+                   help="wrap the UNet in torch.compile (slow first step, faster after); default %(default)s = "
+                        "decide by device: on for CUDA, off for CPU")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=_DEFAULTS.channels_last,
+                   help="run the UNet in the channels_last memory layout; default %(default)s = decide by device: "
+                        "on for CUDA and CPU")
+
 
 # ---------------------------------------------------------------------------------------------- configs
 def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, DiffusionConfig]:
@@ -205,6 +223,9 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, Di
         viz_t=args.viz_t,
         conditional=args.conditional,
         cond_drop=args.cond_drop,
+        precision=args.precision,
+        compile=args.compile,
+        channels_last=args.channels_last,
     )
     try:
         train_config.resolved_viz_t(diffusion_config.num_timesteps)
@@ -224,22 +245,35 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Train as the flags say. Returns 0 (done), 1 (diverged), 2 (user error) or 130 (interrupted)."""
     try:
         train_config, model_config, diffusion_config = build_configs(args)
-        resolve_device(train_config.device)
+        device = resolve_device(train_config.device)
+        resolve_performance(train_config.precision, train_config.compile, train_config.channels_last, device)
     except ValueError as err:
         parser.error(str(err))  # exits with status 2 and the usage line
     resume_from = resume_path(args, train_config)
     if train_config.num_threads:
         torch.set_num_threads(train_config.num_threads)
+    try:  # under torchrun: join the process group (one process per rank); otherwise a no-op
+        ctx = setup_distributed(train_config.device)
+    except ValueError as err:
+        logger.error("%s", err)
+        return EXIT_USER_ERROR
+    root_logger, root_level = logging.getLogger(), logging.getLogger().level
+    if not ctx.is_main:  # rank 0 reports progress for all; the others only warn
+        root_logger.setLevel(logging.WARNING)
     try:
-        result = train(train_config, model_config, diffusion_config, resume_from=resume_from)
+        result = train(train_config, model_config, diffusion_config, resume_from=resume_from, distributed=ctx)
     except TrainingDiverged as err:
         logger.error("training diverged: %s", err)
         return EXIT_DIVERGED
-    except (FileNotFoundError, ValueError, RunLockedError) as err:  # CheckpointError, dataset errors: ValueError
+    except (FileNotFoundError, ValueError, RunLockedError, PeerSetupError) as err:
+        # CheckpointError and dataset errors are ValueErrors
         logger.debug("details", exc_info=True)
         logger.error("%s", err)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         logger.error("interrupted (no checkpoint written by this interruption)")
         return EXIT_INTERRUPTED
+    finally:
+        teardown_distributed(ctx)
+        root_logger.setLevel(root_level)
     return EXIT_INTERRUPTED if result.stop_reason == "interrupted" else EXIT_OK

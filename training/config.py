@@ -12,6 +12,9 @@ Defaults are chosen to give recognisable digits from the ``small`` preset within
 * ``ema_decay=0.999`` with the warm-up ``min(decay, (1 + step) / (10 + step))``: an average over the last
   ~1,000 steps. The paper's 0.9999 averages over ~10,000 steps — longer than a whole CPU run.
 * ``grad_clip=1.0`` (the paper's setting), AdamW with no weight decay (as in the paper's Adam).
+* ``precision="auto"``, ``compile=None``, ``channels_last=None``: the fastest safe choice for the device,
+  resolved by :func:`training.performance.resolve_performance` (bf16 + compile + channels_last on a recent
+  GPU, fp32 + channels_last on a CPU).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 from dataset.paths import DEFAULT_DATA_PATH
 
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class TrainConfig:
         viz_t: timestep at which the frames noise their images; -1 is the last, T-1.
         conditional: train a class-conditional model (labels → context tokens for cross-attention).
         cond_drop: probability of replacing a label by the null label (classifier-free guidance training).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast for the UNet; fp16 with loss scaling).
+        compile: wrap the UNet in ``torch.compile``; ``None`` decides by device.
+        channels_last: run the UNet in the channels_last memory layout; ``None`` decides by device.
     """
 
     task_name: str = "runs/mnist_ddpm"
@@ -85,6 +92,9 @@ class TrainConfig:
     viz_t: int = -1
     conditional: bool = False
     cond_drop: float = 0.1
+    precision: str = "auto"
+    compile: bool | None = None
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -121,6 +131,11 @@ class TrainConfig:
             raise bad("cond_drop", "must lie in [0, 1): the probability of dropping a label to the null label")
         if self.device not in DEVICES:
             raise bad("device", f"must be one of {DEVICES}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"must be one of {PRECISIONS}")
+        for name in ("compile", "channels_last"):
+            if getattr(self, name) not in (None, True, False):
+                raise bad(name, "must be None (decide by device), True or False")
         if not is_int(self.viz_t) or self.viz_t < -1:
             raise bad("viz_t", "must be -1 (the last timestep) or a timestep in [0, T-1]")
         if not self.task_name or not str(self.task_name).strip():

@@ -26,8 +26,11 @@ def config_differences(saved: dict, requested: dict) -> list[str]:
 
 
 def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: UNetConfig,
-                     diffusion_config: DiffusionConfig) -> None:
-    """Refuse checkpoints that cannot continue this run; warn about changed training recipe."""
+                     diffusion_config: DiffusionConfig, world_size: int = 1) -> None:
+    """Refuse checkpoints that cannot continue this run; warn about changed training recipe.
+
+    The batch compared is the global one, ``batch_size × world_size``: 2 ranks × 64 continue a 1-process run
+    with batch 128 exactly (see :mod:`training.distributed`)."""
     missing = [k for k in RESUME_KEYS if ckpt.get(k) is None]
     if missing:
         raise CheckpointError(f"{source} cannot be resumed: it has no {missing} (a sampling-only export?)")
@@ -43,8 +46,12 @@ def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: 
     if saved_train.get("seed") != config.seed:
         raise CheckpointError(f"{source} was trained with --seed {saved_train.get('seed')}, not {config.seed}; "
                               "the seed fixes the data order, so pass the same --seed to resume")
-    changed = config_differences({k: saved_train.get(k) for k in RECIPE_FIELDS},
-                                 {k: getattr(config, k) for k in RECIPE_FIELDS})
+    saved = {k: saved_train.get(k) for k in RECIPE_FIELDS}
+    requested = {k: getattr(config, k) for k in RECIPE_FIELDS}
+    if isinstance(saved["batch_size"], int):
+        saved["batch_size"] *= int(ckpt.get("world_size", 1))
+    requested["batch_size"] *= world_size
+    changed = config_differences(saved, requested)
     if changed:
         logger.warning("resuming with a changed training recipe (the result will differ from an uninterrupted "
                        "run): %s", "; ".join(changed))

@@ -10,10 +10,17 @@ Exact resume: the data order is a function of (seed, epoch, offset) (see :mod:`t
 ε come from a dedicated generator whose state is checkpointed, the LR and EMA decay are functions of the
 step, and the checkpoint holds model, EMA, optimizer and RNG states — so a run killed at any step and
 resumed ends bit-identical (on CPU) to one that was never interrupted.
+
+Data parallel (under torchrun, :mod:`training.distributed`): each of W ranks trains on its share of the global
+batch of W·B images through DistributedDataParallel; the data order, t, ε and label drops are drawn for the
+global batch and sliced per rank, so the run equals a one-process run with batch W·B up to float rounding, and
+checkpoints (written by rank 0) resume under any W with the same global batch. Precision, ``torch.compile`` and
+channels_last come from :mod:`training.performance`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -25,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from dataset import MNISTDataset, ensure_mnist_images
 from models import UNet, UNetConfig
 from scheduler import DiffusionConfig, LinearNoiseScheduler
-from training.batching import BatchSource, derived_seed, epoch_end_offset
+from training.batching import BatchSource, derived_seed, epoch_end_offset, rank_slice
 from training.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -41,8 +49,10 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.config import TrainConfig
+from training.distributed import DistContext, PeerSetupError, resolve_device
 from training.ema import EMA
 from training.metrics_log import MetricsLog, plot_loss
+from training.performance import Performance, resolve_performance, to_memory_format
 from training.resume import check_resumable, restore_rng
 from training.run_lock import RunLock
 from training.visualization import ProgressVisualizer, assemble_gif
@@ -63,14 +73,6 @@ class TrainResult:
     checkpoint: Path
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
-
-
 def lr_at(step: int, config: TrainConfig) -> float:
     """Linear warm-up from lr/warmup_steps to lr over the first ``warmup_steps`` steps, then constant."""
     if step < config.warmup_steps:
@@ -82,10 +84,13 @@ def l_simple(model: torch.nn.Module, scheduler: LinearNoiseScheduler, x0: torch.
              eps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
     """L_simple = E‖ε − ε_θ(x_t, t[, c])‖², x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε  (Eq. 14).
 
-    x0, eps: [B, C, H, W]; t: [B]; context: [B, M, context_dim] for a conditional model."""
+    x0, eps: [B, C, H, W]; t: [B]; context: [B, M, context_dim] for a conditional model.
+
+    Under ``torch.autocast`` only the model runs in reduced precision: x_t is elementwise arithmetic on the fp32
+    schedule, x0 and ε (which autocast leaves in fp32), and the loss is taken in fp32."""
     x_t = scheduler.add_noise(x0, eps, t)
     eps_pred = model(x_t, t) if context is None else model(x_t, t, context=context)
-    return torch.nn.functional.mse_loss(eps_pred, eps)
+    return torch.nn.functional.mse_loss(eps_pred.float(), eps)
 
 
 class _StopFlag:
@@ -114,7 +119,7 @@ class _StopFlag:
 
 
 def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: DiffusionConfig,
-          resume_from: str | Path | None = None, dataset=None) -> TrainResult:
+          resume_from: str | Path | None = None, dataset=None, distributed: DistContext | None = None) -> TrainResult:
     """Train (or resume) a DDPM as ``config`` says; writes everything under ``config.task_name``.
 
     Args:
@@ -122,10 +127,13 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
             restart). Its model/diffusion config and seed must match the requested ones.
         dataset: use these images instead of reading ``config.data_path`` (an :class:`MNISTDataset` or any
             dataset of ``(image in [−1, 1], label)``; with ``as_tensors()`` it is batched from memory).
+        distributed: this process's rank, world size and device from
+            :func:`training.distributed.setup_distributed`; ``None`` trains in one process on ``config.device``.
 
     Raises:
         TrainingDiverged: NaN/inf loss; nothing is saved, the last good checkpoint stays.
         FileNotFoundError, CheckpointError, ValueError, RunLockedError: user errors, before any training.
+        PeerSetupError: (data-parallel) another rank failed before training; its log says why.
     """
     # ---------------------------------------------------------------- setup
     t_v = config.resolved_viz_t(diffusion_config.num_timesteps)
@@ -137,18 +145,26 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
     if model_config.context_dim is not None and not model_config.conditional:
         raise ValueError(f"the model config has context_dim={model_config.context_dim} but no num_classes: the "
                          "trainer can only provide class labels as context")
-    device = resolve_device(config.device)
+    ctx = distributed if distributed is not None else DistContext(device=resolve_device(config.device))
+    device, world = ctx.device, ctx.world_size
+    perf = resolve_performance(config.precision, config.compile, config.channels_last, device)
     run_dir = config.run_dir
     ckpt_path = config.ckpt_path
-    lock = RunLock(run_dir)
-    lock.acquire()
+    lock = RunLock(run_dir)  # taken by rank 0 only: the one process that writes
     visualize = None
+    setup_done = False
     try:
-        remove_stale_temp_files(ckpt_path)
+        # Rank 0 takes the lock; one rank per machine builds the MNIST PNG tree on first use, before any reads it.
+        if ctx.is_main:
+            lock.acquire()
+            remove_stale_temp_files(ckpt_path)
+        if ctx.local_rank == 0 and dataset is None:
+            ensure_mnist_images(config.data_path)
+        ctx.agree()  # every rank, at the same points: raises PeerSetupError if another rank failed
         ckpt = None
         if resume_from is not None:  # read first: a bad checkpoint fails before the data is loaded
-            ckpt = load_checkpoint(resume_from)
-            check_resumable(ckpt, str(resume_from), config, model_config, diffusion_config)
+            ckpt = load_checkpoint(resume_from)  # every rank, to the CPU (RNG states must stay CPU tensors)
+            check_resumable(ckpt, str(resume_from), config, model_config, diffusion_config, world)
 
         # ------------------------------------------------------------ data
         if dataset is None:
@@ -159,19 +175,24 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                              f"model is built for num_classes={model_config.num_classes}; pass --num-classes "
                              f"{len(dataset.classes)}")
         in_memory = config.num_workers == 0 and hasattr(dataset, "as_tensors") and config.cache
-        batches = BatchSource(dataset, config.batch_size, config.seed, device, in_memory, config.num_workers)
+        batches = BatchSource(dataset, config.batch_size, config.seed, device, in_memory, config.num_workers,
+                              ctx.rank, world)
         N = batches.num_samples
+        global_batch = batches.global_batch_size  # images per step, all ranks together
         steps_per_epoch = batches.steps_per_epoch
         total_steps = config.num_epochs * steps_per_epoch
         last_step = min(total_steps, config.max_steps) if config.max_steps is not None else total_steps
 
         # ------------------------------------------------------------ model, EMA, optimizer, noise RNG
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
         model = UNet(model_config).to(device)
+        if perf.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         ema = EMA(model, config.ema_decay)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        scaler = perf.grad_scaler(device)  # loss scaling for fp16; a pass-through otherwise
         scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=device)
-        noise_gen = torch.Generator(device=device).manual_seed(derived_seed(config.seed, 2))  # t and ε
+        noise_gen = torch.Generator(device=device).manual_seed(derived_seed(config.seed, 2))  # t, ε, label drops
         step, epoch, offset = 0, 0, 0
 
         # ------------------------------------------------------------ resume
@@ -182,29 +203,47 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 optimizer.load_state_dict(ckpt["optimizer"])
             except (ValueError, KeyError, RuntimeError) as err:
                 raise CheckpointError(f"{resume_from}: optimizer state does not fit the model ({err})") from None
+            if ckpt.get("grad_scaler") and scaler.is_enabled():
+                scaler.load_state_dict(ckpt["grad_scaler"])
             step, epoch, offset = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["data_offset"])
             restore_rng(ckpt["rng"], noise_gen, device, str(resume_from))
             if ckpt["num_samples"] != N:
                 logger.warning("%s was trained on %d images, this dataset has %d: the data order differs from "
                                "the original run from here on", resume_from, ckpt["num_samples"], N)
-            if offset >= epoch_end_offset(N, config.batch_size):
+            if offset >= epoch_end_offset(N, global_batch):
                 epoch, offset = epoch + 1, 0
             logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", resume_from, step,
                         epoch + 1, offset)
-        metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt is not None else None)
+        metrics = None
+        if ctx.is_main:
+            metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt is not None else None)
+            _write_config_json(run_dir / "config.json", config, model_config, diffusion_config, ctx, perf, model,
+                               resume_from)
         del ckpt
-        _write_config_json(run_dir / "config.json", config, model_config, diffusion_config, device, model,
-                           resume_from)
         logger.info("training %s on %s: %d images, %d steps/epoch, until step %d; run folder %s",
                     config.model, device, N, steps_per_epoch, last_step, run_dir)
+        logger.info("device %s, world size %d, batch %d per rank × %d = %d global, precision %s, compile %s, "
+                    "channels_last %s, %d CPU thread(s) per rank", device, world, config.batch_size, world,
+                    global_batch, perf.precision, perf.compile, perf.channels_last, torch.get_num_threads())
 
         # ------------------------------------------------------------ visualisation
-        if config.viz_save or config.viz_live:
+        if ctx.is_main and (config.viz_save or config.viz_live):
             viz_images, viz_labels = batches.fixed_batch(config.viz_num, config.seed)
             visualize = ProgressVisualizer(scheduler, viz_images, t_v, derived_seed(config.seed, 3), run_dir / "viz",
                                            config.viz_save, config.viz_live, viz_labels)
 
+        # ------------------------------------------------------------ ranks agree, then DDP and compile
+        ctx.agree()
+        setup_done = True
+        forward = model  # what computes ε_θ in the step; state, EMA and optimizer stay with `model`
+        if ctx.enabled:  # broadcasts rank 0's weights, then all-reduces (averages) gradients in backward
+            forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if perf.compile:
+            forward = torch.compile(forward)
+
         def checkpoint(reason: str) -> None:
+            if not ctx.is_main:
+                return
             state = {
                 "format": FORMAT,
                 "model_config": model_config.to_dict(),
@@ -213,10 +252,12 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 "model": model.state_dict(),
                 "ema": ema.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "step": step,
                 "epoch": epoch,
                 "data_offset": offset,
                 "num_samples": N,
+                "world_size": world,
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
@@ -229,12 +270,13 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
             logger.info("checkpoint %s at step %d (%s)", ckpt_path, step, reason)
 
         # ------------------------------------------------------------ loop
-        end_offset = epoch_end_offset(N, config.batch_size)
+        end_offset = epoch_end_offset(N, global_batch)
         max_seconds = 60 * config.max_minutes if config.max_minutes is not None else math.inf
         stop_reason = None  # set to "completed", "max_steps", "max_minutes" or "interrupted"
         last_saved = step if resume_from is not None else None
         last_loss = math.nan
         window = {"loss": 0.0, "steps": 0, "images": 0}
+        share = functools.partial(rank_slice, rank=ctx.rank, world_size=world)  # this rank's rows of a global batch
         t_start = t_window = time.perf_counter()
 
         def log_window(lr: float) -> None:
@@ -243,8 +285,9 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 return
             now = time.perf_counter()
             last_loss = window["loss"] / window["steps"]
-            ips = window["images"] / max(now - t_window, 1e-9)
-            metrics.append(step, epoch + 1, last_loss, lr, ips, now - t_start)
+            ips = window["images"] / max(now - t_window, 1e-9)  # all ranks' images
+            if metrics is not None:
+                metrics.append(step, epoch + 1, last_loss, lr, ips, now - t_start)
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
             logger.info("step %d epoch %d loss %.4f lr %.2e %.0f img/s", step, epoch + 1, last_loss, lr, ips)
             window.update(loss=0.0, steps=0, images=0)
@@ -256,37 +299,47 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 if step >= last_step or epoch >= config.num_epochs:
                     stop_reason = "completed" if step >= total_steps or epoch >= config.num_epochs else "max_steps"
                     break
-                bar = tqdm(total=steps_per_epoch, initial=offset // config.batch_size, unit="step",
-                           desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True, leave=False)
+                bar = tqdm(total=steps_per_epoch, initial=offset // global_batch, unit="step",
+                           desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True, leave=False,
+                           disable=not ctx.is_main)
                 lr = lr_at(step, config)
                 for x0, labels in batches(epoch, offset):
                     lr = lr_at(step, config)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    t = scheduler.sample_timesteps(x0.shape[0], generator=noise_gen, device=device)
-                    eps = torch.randn(x0.shape, generator=noise_gen, device=device)
+                    # t, ε (and label drops) are drawn for the global batch on every rank and sliced like the
+                    # images, so W ranks see the noise one process with batch W·B would.
+                    n = x0.shape[0] * world
+                    t = share(scheduler.sample_timesteps(n, generator=noise_gen, device=device))
+                    eps = share(torch.randn((n, *x0.shape[1:]), generator=noise_gen, device=device))
                     context = None
                     if config.conditional:  # classifier-free guidance: learn ε(x_t, t, ∅) on dropped labels
-                        labels = model.label_embedding.drop_labels(labels, config.cond_drop, generator=noise_gen)
+                        u = share(torch.rand(n, generator=noise_gen, device=device))
+                        labels = model.label_embedding.drop_labels(labels, config.cond_drop, noise=u)
                         context = model.label_context(labels)
-                    loss = l_simple(model, scheduler, x0, t, eps, context)
-                    loss_value = loss.item()
+                    with perf.autocast(device):
+                        loss = l_simple(forward, scheduler, to_memory_format(x0, perf), t, eps, context)
+                    # One all-reduce: the global mean loss, and whether any rank must stop after this step.
+                    loss_value, (stop_requested, out_of_time) = ctx.reduce_step(
+                        loss, stop.requested, time.perf_counter() - t_start > max_seconds)
                     if not math.isfinite(loss_value):
                         _diverged(f"loss is {loss_value}", step + 1, epoch + 1, ckpt_path, last_saved)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     if config.grad_clip is not None:
+                        scaler.unscale_(optimizer)
                         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                        if not torch.isfinite(grad_norm):
+                        if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips
                             _diverged(f"gradient norm is {grad_norm.item()}", step + 1, epoch + 1, ckpt_path,
                                       last_saved)
-                    optimizer.step()
+                    scaler.step(optimizer)
+                    scaler.update()
                     ema.update(model, step)
                     step += 1
-                    offset += x0.shape[0]
+                    offset += n
                     window["loss"] += loss_value
                     window["steps"] += 1
-                    window["images"] += x0.shape[0]
+                    window["images"] += n
                     bar.update(1)
 
                     if step % config.log_every == 0:
@@ -295,9 +348,9 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                         visualize(ema.model, epoch + 1, step)
                     if step >= last_step:
                         stop_reason = "completed" if step >= total_steps else "max_steps"
-                    elif time.perf_counter() - t_start > max_seconds:
+                    elif out_of_time:
                         stop_reason = "max_minutes"
-                    elif stop.requested:
+                    elif stop_requested:
                         stop_reason = "interrupted"
                     if stop_reason is not None:
                         break
@@ -321,9 +374,14 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                         "max_minutes": "reached --max-minutes", "interrupted": "interrupted"}[stop_reason])
         if visualize is not None and config.viz_save:
             assemble_gif(run_dir / "viz")
+        ctx.barrier()  # return once rank 0's files are complete, e.g. for a resume in the same program
         logger.info("stopped (%s) at step %d, %d epoch(s) complete; last loss %.4f; checkpoint %s", stop_reason,
                     step, epoch, last_loss, ckpt_path)
         return TrainResult(step, epoch, last_loss, stop_reason, ckpt_path)
+    except Exception as err:
+        if not setup_done and not isinstance(err, PeerSetupError):
+            ctx.all_ok(False)  # this rank failed in setup: the others, waiting in ctx.agree(), fail too
+        raise
     finally:
         if visualize is not None:
             visualize.close()
@@ -338,13 +396,17 @@ def _diverged(what: str, step: int, epoch: int, ckpt_path: Path, last_saved: int
 
 
 def _write_config_json(path: Path, config: TrainConfig, model_config: UNetConfig,
-                       diffusion_config: DiffusionConfig, device: torch.device, model: UNet,
+                       diffusion_config: DiffusionConfig, ctx: DistContext, perf: Performance, model: UNet,
                        resume_from: str | Path | None) -> None:
     resolved = {
         "train": config.to_dict(),
         "model": model_config.to_dict(),
         "diffusion": diffusion_config.to_dict(),
-        "device": str(device),
+        "device": str(ctx.device),
+        "world_size": ctx.world_size,
+        "global_batch_size": config.batch_size * ctx.world_size,
+        "performance": perf.to_dict(),
+        "num_threads": torch.get_num_threads(),
         "num_parameters": model.num_parameters(),
         "resumed_from": str(resume_from) if resume_from is not None else None,
         "torch_version": torch.__version__,
