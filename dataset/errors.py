@@ -5,7 +5,8 @@ ValueError") still catch them; a missing file or folder raises the built-in ``Fi
 
 * :class:`BadImageError` -- one file that cannot be used as an image: not decodable, truncated, not an
   image at all despite its extension, the wrong size, unreadable (permission denied), a broken
-  symlink or a symlink loop. ``MNISTDataset(skip_bad=True)`` skips exactly these.
+  symlink, a symlink loop, or not a regular file (a FIFO, socket or device).
+  ``MNISTDataset(skip_bad=True)`` skips exactly these.
 * :class:`DatasetLayoutError` -- the folder structure is wrong: no class folders, a class folder
   without images, a folder that cannot be listed.
 * :class:`IDXFormatError` -- an IDX file (gzip or plain) that is malformed, truncated, of the wrong

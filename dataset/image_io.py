@@ -1,8 +1,9 @@
 """Decoding one image file into uint8 pixels, and mapping pixels to the model's [-1, 1] range.
 
-Every failure to use a file as an image -- unreadable, broken symlink, symlink loop, not an image,
-corrupt or truncated data -- is raised as :class:`~dataset.errors.BadImageError` naming the file, so
-callers need one ``except`` (and ``MNISTDataset(skip_bad=True)`` can skip them).
+Every failure to use a file as an image -- unreadable, broken symlink, symlink loop, not a regular file
+(a FIFO would block forever, a device is no image), not an image, corrupt (PNG chunk CRCs are checked) or
+truncated data -- is raised as :class:`~dataset.errors.BadImageError` naming the file, so callers need one
+``except`` (and ``MNISTDataset(skip_bad=True)`` can skip them).
 
 Pixel conversion (``channels=1`` gives grayscale "L", ``channels=3`` gives "RGB"):
 
@@ -17,6 +18,9 @@ Pixel conversion (``channels=1`` gives grayscale "L", ``channels=3`` gives "RGB"
 from __future__ import annotations
 
 import errno
+import os
+import stat
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from dataset.errors import BadImageError
 
 SKIP_HINT = "Delete or replace it, or pass skip_bad=True to skip such files"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -53,10 +58,47 @@ def _bad_image(path: Path, err: BaseException) -> BadImageError:
     return BadImageError(path, f"corrupt or truncated image data ({type(err).__name__}: {err})", SKIP_HINT)
 
 
+def _require_regular_file(path: Path) -> None:
+    """Raise unless ``path`` (after symlinks) is a regular file: opening a FIFO would block forever, and a
+    device (``/dev/zero``, a terminal) is not an image. OSErrors (loops, permissions) propagate."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise BadImageError(path, f"not a regular file but {kind}", "Remove it or replace it with an image file")
+
+
+def _check_png_chunks(path: Path, data: bytes) -> None:
+    """Raise BadImageError unless the PNG ``data`` is complete (its chunks run up to IEND) and every chunk passes
+    its CRC-32.
+
+    Pillow skips the CRCs of the pixel (IDAT) chunks and decodes files that stop after the last pixel byte:
+    about 1 in 250 single-bit flips in IDAT still inflates into an image of the right size with wrong pixels,
+    and a write cut short near the end still "loads". The CRCs and the IEND chunk catch both."""
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos: pos + 4], "big")
+        end = pos + 12 + length
+        if end > len(data):
+            break
+        kind = data[pos + 4: pos + 8]
+        if zlib.crc32(data[pos + 4: end - 4]) != int.from_bytes(data[end - 4: end], "big"):
+            name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            raise BadImageError(path, f"corrupt or truncated image data (the PNG chunk {name} at byte {pos} fails "
+                                "its CRC check: the file was damaged)", SKIP_HINT)
+        if kind == b"IEND":
+            return
+        pos = end
+    raise BadImageError(path, f"corrupt or truncated image data (the PNG ends at byte {len(data)}, before its "
+                        "IEND chunk: an interrupted write or copy?)", SKIP_HINT)
+
+
 def probe_image(path: str | Path) -> tuple[int, int]:
     """(height, width) from the image header, without decoding pixels. Raises BadImageError."""
     path = Path(path)
     try:
+        _require_regular_file(path)
         with Image.open(path) as img:
             width, height = img.size
     except Exception as err:  # any failure inside Pillow means "this file is not a usable image"
@@ -84,6 +126,11 @@ def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None
     """
     path = Path(path)
     try:
+        _require_regular_file(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        if data.startswith(PNG_SIGNATURE):
+            _check_png_chunks(path, data)
         with Image.open(path) as img:
             img.load()  # decode now, so truncation is reported here and not on first pixel access
             img = _to_mode(img, channels)

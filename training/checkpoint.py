@@ -13,10 +13,13 @@ train_config        ``TrainConfig.to_dict()``
 model               the trained weights (state dict)
 ema                 the EMA weights used for sampling (state dict), or ``None``
 optimizer           AdamW state dict (``None`` in a sampling-only export)
+grad_scaler         the fp16 loss scaler's state, ``None`` for fp32/bf16 runs (absent in older checkpoints)
 step                optimizer steps done
 epoch               epochs completed; the epoch in progress has 0-based index ``epoch``
 data_offset         samples of epoch ``epoch``'s permutation already consumed (exact mid-epoch resume)
 num_samples         dataset size the data order was drawn for
+world_size          data-parallel ranks of the run that wrote it (1 if absent); ``train_config.batch_size``
+                    is per rank, so the global batch is their product and ``data_offset`` counts global samples
 rng                 ``{"torch": uint8, "cuda": [uint8, ...], "noise": uint8, "noise_device": str}``
 ==================  =================================================================================
 
@@ -57,12 +60,24 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically: temp file in the same folder, write, flush, fsync, rename.
 
     On any exception (including KeyboardInterrupt) the temp file is removed and an existing checkpoint at
-    ``path`` is untouched. OSErrors are re-raised as OSError naming ``path``; other errors as CheckpointError.
+    ``path`` is untouched. OSErrors (a full disk, a read-only folder) are re-raised as OSError naming ``path``;
+    other errors as CheckpointError. Weights (``state["model"]``, ``state["ema"]``) holding NaN/inf are refused
+    before anything is written: a diverged model must never replace the last good checkpoint.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    for key in ("model", "ema"):
+        bad = _non_finite_keys(state.get(key))
+        if bad:
+            raise CheckpointError(f"refusing to write checkpoint {path} at step {state.get('step')}: {key} weights "
+                                  f"hold NaN/inf values ({_names(bad)}); the training diverged. The previous "
+                                  "checkpoint is kept")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}") from err
+    try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600 files; a checkpoint is a normal file
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -79,6 +94,28 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             raise CheckpointError(f"could not write checkpoint {path}: {type(err).__name__}: {err}") from err
         raise
     _fsync_dir(path.parent)
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the checkpoint being replaced, else what ``open()`` would create (0666 minus the umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = 0o022
+    return 0o666 & ~umask
+
+
+def _non_finite_keys(state_dict: Any) -> list[str]:
+    """Names of floating-point tensors in ``state_dict`` holding NaN or ±inf (empty if it is not a dict)."""
+    if not isinstance(state_dict, dict):
+        return []
+    return [str(k) for k, v in state_dict.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -139,14 +176,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         if refused_global:
             raise CheckpointError(
                 f"refusing to load {path}: it holds a Python object ({refused_global.group(1)}) besides tensors "
-                "and plain containers, and unpickling it could execute code. Checkpoints of this repository "
-                "never do; only load files you trust, and re-save them with training.checkpoint.save_checkpoint"
+                "and plain containers, and unpickling it could execute code. The safe loader "
+                "(torch.load with weights_only=True) refused it, so nothing in the file was run. Checkpoints of "
+                "this repository never hold such objects: treat the file as untrusted, load only files you trust, "
+                "and re-save them with training.checkpoint.save_checkpoint"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
         raise CheckpointError(
             f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a PyTorch file "
-            f"of tensors and plain containers (safe loader: {detail.group(1).strip() if detail else 'refused'})"
+            "of tensors and plain containers; the safe loader (weights_only=True) refused it without running "
+            f"anything ({detail.group(1).strip() if detail else 'refused'})"
         ) from None
+    except (PermissionError, IsADirectoryError) as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError,
             TypeError, IndexError, KeyError, UnicodeDecodeError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
@@ -174,6 +216,11 @@ def check_checkpoint(ckpt: Any, source: str | Path = "checkpoint") -> None:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source} lacks required key(s) {missing}")
+    for key in ("step", "epoch", "data_offset", "num_samples"):
+        value = ckpt.get(key)
+        if (key in REQUIRED_KEYS or value is not None) and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise CheckpointError(f"{source}[{key!r}] must be an int >= 0, got {value!r}")
     for key in ("model_config", "diffusion_config", "train_config"):
         if not isinstance(ckpt[key], dict):
             raise CheckpointError(f"{source}[{key!r}] must be a dict, got {type(ckpt[key]).__name__}")
@@ -200,18 +247,19 @@ def configs_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[UNe
     return model_config, diffusion_config
 
 
-def load_state_dict_checked(module: torch.nn.Module, state_dict: Any, what: str) -> None:
-    """``module.load_state_dict(strict=True)`` with a CheckpointError naming missing/extra/mis-shaped keys."""
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{what} must be a state dict, got {type(state_dict).__name__}")
-    expected = module.state_dict()
+def _fit_problems(expected: dict, state_dict: dict) -> list[str]:
+    """What keeps ``state_dict`` from loading into a module whose state dict is ``expected``."""
     missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and (not torch.is_tensor(state_dict[k]) or state_dict[k].shape != v.shape)
-    ]
+    unexpected = sorted(map(str, set(state_dict) - set(expected)))
+    mismatched = []
+    for k, v in expected.items():
+        if k not in state_dict:
+            continue
+        got = state_dict[k]
+        if not torch.is_tensor(got):
+            mismatched.append(f"{k} is a {type(got).__name__}, not a tensor")
+        elif got.shape != v.shape:
+            mismatched.append(f"{k} {tuple(got.shape)} vs model {tuple(v.shape)}")
     problems = []
     if missing:
         problems.append(f"missing keys: {_names(missing)}")
@@ -219,9 +267,42 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Any, what: str)
         problems.append(f"unexpected keys: {_names(unexpected)}")
     if mismatched:
         problems.append(f"shape mismatch: {_names(mismatched)}")
+    non_finite = _non_finite_keys(state_dict)
+    if non_finite:
+        problems.append(f"NaN/inf values in {_names(non_finite)} (saved from a diverged run?)")
+    return problems
+
+
+def load_state_dict_checked(module: torch.nn.Module, state_dict: Any, what: str) -> None:
+    """``module.load_state_dict(strict=True)`` with a CheckpointError naming missing/extra/mis-shaped keys
+    and tensors holding NaN/inf."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{what} must be a state dict, got {type(state_dict).__name__}")
+    problems = _fit_problems(module.state_dict(), state_dict)
     if problems:
         raise CheckpointError(f"{what} does not fit the model its config describes; " + "; ".join(problems))
     module.load_state_dict(state_dict, strict=True)
+
+
+def _check_fits_before_building(model_config: UNetConfig, state_dict: Any, what: str) -> None:
+    """Compare ``state_dict`` with the UNet ``model_config`` describes without allocating that UNet.
+
+    A hostile or damaged config (channels=(2**20, ...), layers_per_block=10**7) would otherwise exhaust memory
+    before the weights are ever compared: the model is built on the ``meta`` device (shapes only), after a
+    cheap depth bound — every layer and level holds at least one tensor."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{what} must be a state dict, got {type(state_dict).__name__}")
+    depth = model_config.layers_per_block + model_config.mid_layers + len(model_config.channels)
+    if depth > len(state_dict):
+        raise CheckpointError(
+            f"{what} does not fit the model its config describes: the config has layers_per_block="
+            f"{model_config.layers_per_block}, mid_layers={model_config.mid_layers} and "
+            f"{len(model_config.channels)} widths, more than the {len(state_dict)} tensors stored")
+    with torch.device("meta"):
+        expected = UNet(model_config).state_dict()
+    problems = _fit_problems(expected, state_dict)
+    if problems:
+        raise CheckpointError(f"{what} does not fit the model its config describes; " + "; ".join(problems))
 
 
 def build_model_from_checkpoint(
@@ -230,14 +311,15 @@ def build_model_from_checkpoint(
     """Rebuild ``(UNet in eval mode, LinearNoiseScheduler, checkpoint dict)`` from a checkpoint alone.
 
     ``use_ema`` loads the EMA weights (what sampling should use); a checkpoint without them falls back to
-    ``"model"`` and logs it.
+    ``"model"`` and logs it. The weights are checked against the config before the model is allocated.
     """
     ckpt, source = _as_checkpoint(ckpt_or_path)
     model_config, diffusion_config = configs_from_checkpoint(ckpt, source)
-    model = UNet(model_config)
     key = "ema" if use_ema and ckpt.get("ema") is not None else "model"
     if use_ema and key == "model":
         logger.info("%s has no EMA weights; using the raw model weights", source)
+    _check_fits_before_building(model_config, ckpt[key], f"{source}[{key!r}]")
+    model = UNet(model_config)
     load_state_dict_checked(model, ckpt[key], f"{source}[{key!r}]")
     model.to(device).eval()
     scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=device)
@@ -249,7 +331,7 @@ def export_weights(ckpt_or_path: dict | str | Path, out_path: str | Path) -> Non
     ckpt, source = _as_checkpoint(ckpt_or_path)
     weights = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
     model_config, _ = configs_from_checkpoint(ckpt, source)
-    load_state_dict_checked(UNet(model_config), weights, f"{source} weights")  # refuse to ship a broken file
+    _check_fits_before_building(model_config, weights, f"{source} weights")  # refuse to ship a broken file
     slim = {
         "format": FORMAT,
         "model_config": ckpt["model_config"],
