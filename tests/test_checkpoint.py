@@ -28,15 +28,6 @@ from training.config import TrainConfig
 from training.ema import EMA
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin-wait and run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_state(step: int = 1, seed: int = 0) -> dict:
     """A checkpoint like the trainer's: tiny UNet after one AdamW step, an EMA that differs from it."""
     torch.manual_seed(seed)

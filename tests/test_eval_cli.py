@@ -20,15 +20,6 @@ from scheduler import DiffusionConfig
 T = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin-wait and run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def ckpt_file(tmp_path_factory) -> Path:
     from training.checkpoint import FORMAT, save_checkpoint

@@ -19,14 +19,6 @@ from scheduler import DiffusionConfig, LinearNoiseScheduler
 T = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cond_model():
     torch.manual_seed(0)

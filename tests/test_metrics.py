@@ -38,15 +38,6 @@ from evaluation.metrics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin-wait and run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_spd(d: int, rng: np.random.Generator, rank: int | None = None) -> np.ndarray:
     a = rng.normal(size=(d, rank or d))
     return a @ a.T / d + (0 if rank else 0.1 * np.eye(d))

@@ -21,15 +21,6 @@ PARAMS = [pytest.param(p, id=p.name) for p in SHIPPED] or [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin-wait and run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("path", PARAMS)
 def test_loads_and_samples(path):
     from sampling import SamplerConfig, model_eps_fn, sample_images

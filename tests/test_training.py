@@ -36,16 +36,6 @@ from training.visualization import _frame_order, frame_path
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads spin-wait and run ~20× slower.
-    The SIGKILLed subprocess gets the same setting, so both halves of the resume test compute alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_digits(root: Path, per_class: int, classes: int = 3) -> Path:
     """``per_class`` noisy 28×28 bars per class folder: a bar at a class-specific height."""
     rng = np.random.default_rng(0)
