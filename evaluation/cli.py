@@ -43,6 +43,7 @@ from sampling import (
 )
 from sampling.images import to_uint8
 from scheduler import SPACINGS
+from training import argtypes as types
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +56,11 @@ TRAIN_HINT = "python main.py --train-ddpm-model --task-name runs/mnist_ddpm"
 # Classifier-free guidance scale used when --guidance-scale is not given: the best label accuracy / FID
 # trade-off measured for the shipped conditional checkpoint (README, "Class-conditional generation").
 DEFAULT_GUIDANCE_SCALE = 2.0
+GUIDANCE_SCALE = types.number(float, 0, 50, hint=" (0: unconditional, 1: conditional, >1: guided)")
+ETA = types.number(float, 0, 1, hint=" (0: deterministic DDIM, 1: DDPM-like)")
 
 
 # ---------------------------------------------------------------------------------------------- value types
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def _label_list(text: str) -> list[int]:
     try:
         labels = [int(part) for part in text.split(",") if part.strip()]
@@ -76,27 +69,6 @@ def _label_list(text: str) -> list[int]:
     if not labels or min(labels) < 0:
         raise argparse.ArgumentTypeError(f"need class labels >= 0 such as 0,1,2, got {text!r}")
     return labels
-
-
-def _guidance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 50.0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"the guidance scale must lie in [0, 50] (0: unconditional, 1: "
-                                         f"conditional, >1: guided), got {text}")
-    return value
-
-
-def _eta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value <= 1.0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"η must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {text}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- flags
@@ -111,13 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--use-ema", dest="use_ema", action="store_true", default=True,
                    help="sample with the EMA weights (default; falls back to the raw weights if there are none)")
     g.add_argument("--no-ema", dest="use_ema", action="store_false", help="sample with the raw training weights")
-    g.add_argument("--num-samples", type=_positive_int, default=100, help="images to draw")
-    g.add_argument("--num-grid-rows", type=_positive_int, default=10, help="rows of samples/grid.png")
+    g.add_argument("--num-samples", type=types.positive_int, default=100, help="images to draw")
+    g.add_argument("--num-grid-rows", type=types.positive_int, default=10, help="rows of samples/grid.png")
     g.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
                    help="ddpm: ancestral sampling over all T steps; ddim: Song et al. (2021) over --sample-steps")
-    g.add_argument("--sample-steps", type=_positive_int, default=None,
+    g.add_argument("--sample-steps", type=types.positive_int, default=None,
                    help="DDIM steps in [1, T] (default 50); DDPM always takes T")
-    g.add_argument("--eta", type=_eta, default=None,
+    g.add_argument("--eta", type=ETA, default=None,
                    help="DDIM η in [0, 1]: 0 deterministic (default), 1 DDPM-like noise")
     g.add_argument("--ddim-spacing", choices=SPACINGS, default="trailing",
                    help="how DDIM picks its timesteps (see scheduler/ddim.py)")
@@ -125,11 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="DDIM: do not clamp x̂0 to [-1, 1] (Eq. 12 verbatim)")
     g.add_argument("--save-trajectory", action="store_true",
                    help="also write samples/trajectory.gif of x_t and x̂0 along the chain (first 16 samples)")
-    g.add_argument("--trajectory-frames", type=_positive_int, default=40, help="frames in the trajectory GIF")
+    g.add_argument("--trajectory-frames", type=types.positive_int, default=40, help="frames in the trajectory GIF")
     g.add_argument("--metrics", action="store_true",
                    help="score the samples (classifier-FID, classifier score, class histogram, memorisation) "
                         "and write metrics.json")
-    g.add_argument("--metrics-nn-reference", type=_positive_int, default=MetricsConfig.nn_reference_size,
+    g.add_argument("--metrics-nn-reference", type=types.positive_int, default=MetricsConfig.nn_reference_size,
                    help="test digits whose nearest-training-digit distances set the memorisation threshold")
     labels = g.add_mutually_exclusive_group()
     labels.add_argument("--label", type=_label_list, default=None, metavar="CLASS",
@@ -137,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     labels.add_argument("--labels", type=_label_list, default=None, metavar="C1,C2,...",
                         help="class-conditional checkpoints: these classes in equal consecutive blocks, one "
                              "grid row each (default: every class in turn)")
-    g.add_argument("--guidance-scale", type=_guidance, default=None, metavar="W",
+    g.add_argument("--guidance-scale", type=GUIDANCE_SCALE, default=None, metavar="W",
                    help="classifier-free guidance ε∅ + W(εc − ε∅): 0 unconditional, 1 conditional, "
                         f">1 guided (default {DEFAULT_GUIDANCE_SCALE} for conditional checkpoints)")
     g.add_argument("--classifier-file", type=Path, default=DEFAULT_CLASSIFIER_PATH,

@@ -3,8 +3,7 @@ writes, hostile checkpoints, bad flags, NaN/inf and the run lock. Messy data is 
 ``tests/test_dataset_fuzz.py``; ten-plus kills run in ``tests/stress/`` and ``scripts/reliability_report.py``.
 
 The faults themselves live in ``tests/fault_injection/`` (shared with the report script, so the published
-figures come from the same code). Tests marked ``xfail(strict=True)`` pin bugs in files owned elsewhere: each
-reason says what to change, and the test starts failing as XPASS once it is fixed — then drop the marker.
+figures come from the same code).
 """
 
 from __future__ import annotations
@@ -28,10 +27,6 @@ from test_checkpoint import make_state
 
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.run_lock import LOCK_NAME, RunLock, RunLockedError
-
-CLI_OSERROR_BUG = ("BUG training/cli.py run(): an OSError raised by train() (disk full, --task-name is a file, "
-                   "unwritable folder) is not caught, so main.py dies with a traceback. Fix: add OSError to the "
-                   "`except (FileNotFoundError, ValueError, RunLockedError, PeerSetupError)` clause (exit 2)")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +64,6 @@ def test_disk_full_during_training_keeps_the_last_checkpoint(disk_full):
     assert disk_full.kept_previous and disk_full.no_temp_left, disk_full
 
 
-@pytest.mark.xfail(strict=True, reason=CLI_OSERROR_BUG)
 def test_disk_full_during_training_is_reported_without_a_traceback(disk_full):
     assert disk_full.reported, disk_full.message
 
@@ -117,10 +111,6 @@ def test_bad_flag_value_is_rejected_before_any_work(flag, value, tmp_path, data4
     assert outcome.folder_untouched
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG training/cli.py, training/config.py, evaluation/cli.py: huge values pass the parser (then overflow, "
-    "hang, allocate ~80 GB or only fail after the run folder exists) and --ckpt-save-name may name the run's own "
-    "files; fault_injection/flags.py KNOWN_UNREJECTED lists each with its consequence"))
 def test_huge_values_and_colliding_checkpoint_names_are_rejected(tmp_path, data48):
     accepted = [f"{flag}={value}" for flag, value in bad_flags.KNOWN_UNREJECTED
                 if not bad_flags.try_flag(flag, value, tmp_path, data48).ok]
@@ -143,7 +133,6 @@ def test_every_numeric_flag_is_swept():
         assert {(flag, "0"), (flag, "-1"), (flag, huge), (flag, "abc")} <= tried
 
 
-@pytest.mark.xfail(strict=True, reason=CLI_OSERROR_BUG)
 def test_task_name_that_is_a_file_is_an_error_message_not_a_traceback(tmp_path, data48):
     outcome = bad_flags.check_task_name_is_a_file(tmp_path, data48)
     assert outcome.folder_untouched  # the file is never overwritten, bug or not
@@ -181,10 +170,6 @@ def test_infinite_gradient_without_clipping_never_reaches_the_checkpoint(unclipp
     assert unclipped_inf_grad.kept_step == 2 and unclipped_inf_grad.kept_equals_clean, unclipped_inf_grad
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG training/trainer.py: with --grad-clip 0 the gradient norm is never computed, so an inf gradient at a "
-    "checkpoint step is saved (now refused by save_checkpoint: exit 2, 'refusing to write') instead of stopping "
-    "as 'gradient norm is inf at step N' (exit 1). Fix: always measure the norm (clip only when grad_clip is set)"))
 def test_infinite_gradient_without_clipping_is_reported_as_divergence(unclipped_inf_grad):
     assert unclipped_inf_grad.ok, unclipped_inf_grad
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ import torch
 from dataset import DEFAULT_DATA_PATH
 from models import PRESETS, UNetConfig, preset_config
 from scheduler import DiffusionConfig
+from training import argtypes as types
 from training.config import DEVICES, PRECISIONS, TrainConfig
 from training.distributed import PeerSetupError, resolve_device, setup_distributed, teardown_distributed
 from training.performance import resolve_performance
@@ -36,75 +36,6 @@ _DIFFUSION = DiffusionConfig()
 EXIT_OK, EXIT_DIVERGED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-# ---------------------------------------------------------------------------------------------- value types
-def _number(text: str, kind: type, what: str):
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float, "a number")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A number in [0, 1)."""
-    value = _number(text, float, "a number")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """A number in the open interval (0, 1) (β values)."""
-    value = _number(text, float, "a number")
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value}")
-    return value
-
-
-def ema_decay(text: str) -> float:
-    value = _number(text, float, "a number")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {value}")
-    return value
-
-
-def timestep_or_last(text: str) -> int:
-    value = _number(text, int, "an integer")
-    if value < -1:
-        raise argparse.ArgumentTypeError(f"must be -1 (the last step) or a timestep >= 0, got {value}")
-    return value
-
-
 # ---------------------------------------------------------------------------------------------- flags
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the training flags (and the shared --task-name/--seed/--device) to ``parser``."""
@@ -116,61 +47,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the bundled IDX files on first use")
     g.add_argument("--model", default=_DEFAULTS.model, choices=sorted(PRESETS),
                    help="UNet preset: tiny (tests), small (CPU), base (GPU)")
-    g.add_argument("--batch-size", type=positive_int, default=_DEFAULTS.batch_size, help="images per step")
-    g.add_argument("--num-epochs", type=positive_int, default=_DEFAULTS.num_epochs, help="passes over the data")
-    g.add_argument("--lr", type=positive_float, default=_DEFAULTS.lr,
+    g.add_argument("--batch-size", type=types.positive_int, default=_DEFAULTS.batch_size, help="images per step")
+    g.add_argument("--num-epochs", type=types.positive_int, default=_DEFAULTS.num_epochs, help="passes over the data")
+    g.add_argument("--lr", type=types.learning_rate, default=_DEFAULTS.lr,
                    help="peak AdamW learning rate (after the linear warm-up)")
-    g.add_argument("--warmup-steps", type=non_negative_int, default=_DEFAULTS.warmup_steps,
+    g.add_argument("--warmup-steps", type=types.non_negative_int, default=_DEFAULTS.warmup_steps,
                    help="linear learning-rate warm-up steps")
-    g.add_argument("--weight-decay", type=non_negative_float, default=_DEFAULTS.weight_decay,
+    g.add_argument("--weight-decay", type=types.non_negative_float, default=_DEFAULTS.weight_decay,
                    help="AdamW decoupled weight decay")
-    g.add_argument("--ema-decay", type=ema_decay, default=_DEFAULTS.ema_decay,
+    g.add_argument("--ema-decay", type=types.probability, default=_DEFAULTS.ema_decay,
                    help="EMA decay of the weights used for sampling, warmed up as min(decay, (1+s)/(10+s))")
-    g.add_argument("--grad-clip", type=non_negative_float, default=_DEFAULTS.grad_clip,
+    g.add_argument("--grad-clip", type=types.non_negative_float, default=_DEFAULTS.grad_clip,
                    help="clip the global gradient norm to this value; 0 disables clipping")
-    g.add_argument("--num-timesteps", type=positive_int, default=_DIFFUSION.num_timesteps,
+    g.add_argument("--num-timesteps", type=types.num_timesteps, default=_DIFFUSION.num_timesteps,
                    help="T, the number of diffusion steps")
-    g.add_argument("--beta-start", type=unit_interval, default=_DIFFUSION.beta_start, help="β_1 of the linear schedule")
-    g.add_argument("--beta-end", type=unit_interval, default=_DIFFUSION.beta_end, help="β_T of the linear schedule")
-    g.add_argument("--seed", type=non_negative_int, default=_DEFAULTS.seed,
+    g.add_argument("--beta-start", type=types.unit_interval, default=_DIFFUSION.beta_start,
+                   help="β_1 of the linear schedule")
+    g.add_argument("--beta-end", type=types.unit_interval, default=_DIFFUSION.beta_end,
+                   help="β_T of the linear schedule")
+    g.add_argument("--seed", type=types.seed, default=_DEFAULTS.seed,
                    help="seeds model init, data order and noise; the same seed reproduces a run exactly")
     g.add_argument("--device", default=_DEFAULTS.device, choices=DEVICES,
                    help="auto: cuda if available, else cpu")
-    g.add_argument("--num-workers", type=non_negative_int, default=_DEFAULTS.num_workers,
+    g.add_argument("--num-workers", type=types.workers, default=_DEFAULTS.num_workers,
                    help="DataLoader workers; 0 batches straight from the images cached in memory (fastest on CPU)")
-    g.add_argument("--num-threads", type=non_negative_int, default=_DEFAULTS.num_threads,
+    g.add_argument("--num-threads", type=types.workers, default=_DEFAULTS.num_threads,
                    help="torch CPU threads; 0 keeps torch's default (all cores). On a machine shared with other "
                         "jobs, 1 can be several times faster than oversubscribed cores")
     g.add_argument("--no-cache", action="store_true",
                    help="do not decode the whole dataset into memory first; read images from disk per batch")
-    g.add_argument("--max-steps", type=positive_int, default=None,
+    g.add_argument("--max-steps", type=types.positive_int, default=None,
                    help="stop (with a checkpoint) once this many steps are done in total, e.g. for smoke runs")
-    g.add_argument("--max-minutes", type=positive_float, default=None,
+    g.add_argument("--max-minutes", type=types.positive_float, default=None,
                    help="stop (with a checkpoint) after this many minutes of training in this invocation")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue from a checkpoint: CKPT, or task-name/ckpt-save-name when given alone. "
                         "A missing or unreadable checkpoint is an error, never a fresh start")
     g.add_argument("--ckpt-save-name", default=_DEFAULTS.ckpt_save_name,
                    help="checkpoint file name inside --task-name")
-    g.add_argument("--ckpt-every", type=positive_int, default=_DEFAULTS.ckpt_every,
+    g.add_argument("--ckpt-every", type=types.positive_int, default=_DEFAULTS.ckpt_every,
                    help="also checkpoint every this many steps (always at epoch ends, on Ctrl-C and when stopping)")
-    g.add_argument("--log-every", type=positive_int, default=_DEFAULTS.log_every,
+    g.add_argument("--log-every", type=types.positive_int, default=_DEFAULTS.log_every,
                    help="log loss, lr and images/s to metrics.csv every this many steps")
     g.add_argument("--viz-save", action="store_true",
                    help="save denoising-progress frames to task-name/viz/ and assemble viz/progress.gif at the end")
     g.add_argument("--viz-live", action="store_true",
                    help="show the frames in a matplotlib window (warns once and carries on without a display)")
-    g.add_argument("--viz-interval", type=positive_int, default=_DEFAULTS.viz_interval,
+    g.add_argument("--viz-interval", type=types.positive_int, default=_DEFAULTS.viz_interval,
                    help="steps between frames (one more at each epoch end)")
-    g.add_argument("--viz-num", type=positive_int, default=_DEFAULTS.viz_num, help="images per frame")
-    g.add_argument("--viz-t", type=timestep_or_last, default=_DEFAULTS.viz_t,
+    g.add_argument("--viz-num", type=types.positive_int, default=_DEFAULTS.viz_num, help="images per frame")
+    g.add_argument("--viz-t", type=types.timestep_or_last, default=_DEFAULTS.viz_t,
                    help="timestep at which frames noise their images, in [0, T-1]; -1 is the last (T-1)")
     g.add_argument("--conditional", action="store_true",
                    help="train a class-conditional model: labels become context tokens for cross-attention, "
                         "with classifier-free guidance's null label (sample with --label/--guidance-scale)")
-    g.add_argument("--cond-drop", type=probability, default=_DEFAULTS.cond_drop,
+    g.add_argument("--cond-drop", type=types.probability, default=_DEFAULTS.cond_drop,
                    help="with --conditional: probability of replacing a label by the null label in training")
-    g.add_argument("--num-classes", type=positive_int, default=10,
+    g.add_argument("--num-classes", type=types.positive_int, default=10,
                    help="with --conditional: number of classes (class folders) in --data-path")
 
     p = parser.add_argument_group(
@@ -265,7 +198,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except TrainingDiverged as err:
         logger.error("training diverged: %s", err)
         return EXIT_DIVERGED
-    except (FileNotFoundError, ValueError, RunLockedError, PeerSetupError) as err:
+    except (OSError, ValueError, RunLockedError, PeerSetupError) as err:  # full disk, unwritable folder too
         # CheckpointError and dataset errors are ValueErrors
         logger.debug("details", exc_info=True)
         logger.error("%s", err)

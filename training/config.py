@@ -26,6 +26,7 @@ from pathlib import Path
 from dataset.paths import DEFAULT_DATA_PATH
 
 DEVICES = ("auto", "cpu", "cuda")
+RUN_FILES = frozenset({"config.json", "metrics.csv", "loss.png", "viz"})  # written beside the checkpoint
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -143,6 +144,11 @@ class TrainConfig:
         name = self.ckpt_save_name
         if not name or Path(name).name != name or name in (".", ".."):
             raise bad("ckpt_save_name", "must be a plain file name (it is written inside task_name)")
+        if name in RUN_FILES or name.startswith("."):
+            raise bad("ckpt_save_name", f"must not be hidden or one of the run's own files {sorted(RUN_FILES)}")
+        if self.lr * self.weight_decay >= 1:
+            raise bad("weight_decay", f"lr × weight_decay must be < 1 (AdamW multiplies weights by 1 − lr·wd), "
+                                      f"got {self.lr} × {self.weight_decay}")
 
     def resolved_viz_t(self, num_timesteps: int) -> int:
         """``viz_t`` as a 0-based timestep; raises ValueError if it does not exist for T = num_timesteps."""

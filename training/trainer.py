@@ -326,12 +326,15 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                         _diverged(f"loss is {loss_value}", step + 1, epoch + 1, ckpt_path, last_saved)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)  # a no-op without fp16 loss scaling
                     if config.grad_clip is not None:
-                        scaler.unscale_(optimizer)
                         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                        if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips
-                            _diverged(f"gradient norm is {grad_norm.item()}", step + 1, epoch + 1, ckpt_path,
-                                      last_saved)
+                    else:  # still checked: an inf gradient must never reach the weights
+                        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                                   if p.grad is not None])
+                    if not torch.isfinite(grad_norm) and not scaler.is_enabled():  # fp16: the scaler skips
+                        _diverged(f"gradient norm is {grad_norm.item()}", step + 1, epoch + 1, ckpt_path,
+                                  last_saved)
                     scaler.step(optimizer)
                     scaler.update()
                     ema.update(model, step)

@@ -40,9 +40,9 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("--guidance-scale", "0"): "unconditional sampling (documented)",
 }
 
-# Values that today pass the parser and config validation although they cannot work (or crash/hang later,
-# or only fail after the run folder exists). The test marks them xfail(strict) until training/cli.py,
-# training/config.py and evaluation/cli.py reject them; the report counts them as not rejected.
+# Values that once passed the parser and config validation although they cannot work (they crashed, hung or
+# only failed after the run folder existed), each with what it did. Now rejected up front (training/argtypes.py,
+# TrainConfig.validate); kept as regression cases with their own test.
 KNOWN_UNREJECTED: dict[tuple[str, str], str] = {
     **{(f, HUGE_INT): "no upper bound: ints beyond 2**31-1 overflow torch (seed: 2**63-1) or mean nothing"
        for f in ("--batch-size", "--num-epochs", "--warmup-steps", "--num-timesteps", "--seed", "--num-workers",

@@ -1,0 +1,66 @@
+"""argparse value types for the command line: numbers checked against their bounds when the flag is parsed,
+so that an impossible value is a one-line usage error (exit 2) before any work or any file is written.
+
+Shared by ``training/cli.py`` and ``evaluation/cli.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+
+MAX_INT = 2**31 - 1  # counts and sizes beyond this are typos, and would overflow downstream (e.g. randperm)
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+MAX_TIMESTEPS = 100_000  # T; the schedule is allocated up front
+MAX_WORKERS = 4 * (os.cpu_count() or 1)  # DataLoader workers / threads: more only spawns processes until OOM
+
+
+def _parse(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def number(kind: type, low: float, high: float, low_open: bool = False, high_open: bool = False,
+           must: str | None = None, hint: str = "", capped: bool = False) -> Callable[[str], int | float]:
+    """A type that parses ``kind`` (int or float) and requires it to lie between ``low`` and ``high``
+    (inclusive unless ``low_open``/``high_open``).
+
+    ``must`` phrases the requirement for the error message ("be a positive integer"); by default the
+    interval itself. With ``capped``, ``high`` is a sanity cap that ``must`` does not mention, and a value
+    above it gets "must be at most …".
+    """
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    requirement = must or f"lie in {interval}"
+
+    def parse(text: str) -> int | float:
+        value = _parse(text, kind)
+        if value <= low if low_open else value < low:
+            raise argparse.ArgumentTypeError(f"must {requirement}{hint}, got {text}")
+        if value >= high if high_open else value > high:
+            if capped:
+                raise argparse.ArgumentTypeError(f"must be at most {high}{hint}, got {text}")
+            raise argparse.ArgumentTypeError(f"must {requirement}{hint}, got {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} in {interval}"
+    return parse
+
+
+positive_int = number(int, 1, MAX_INT, capped=True, must="be a positive integer")
+non_negative_int = number(int, 0, MAX_INT, capped=True, must="be an integer >= 0")
+seed = number(int, 0, MAX_SEED, capped=True, must="be an integer >= 0")
+num_timesteps = number(int, 1, MAX_TIMESTEPS, capped=True, must="be a positive integer")
+workers = number(int, 0, MAX_WORKERS, capped=True, must="be an integer >= 0", hint=" (at most 4 per CPU core)")
+timestep_or_last = number(int, -1, MAX_TIMESTEPS, capped=True, must="be -1 (the last step) or a timestep >= 0")
+positive_float = number(float, 0, math.inf, low_open=True, high_open=True, must="be a positive number")
+non_negative_float = number(float, 0, math.inf, high_open=True, must="be a number >= 0")
+learning_rate = number(float, 0, 1, low_open=True, capped=True, must="be a positive number")
+probability = number(float, 0, 1, high_open=True)  # also an EMA decay
+unit_interval = number(float, 0, 1, low_open=True, high_open=True, must="lie strictly between 0 and 1")  # β
