@@ -247,12 +247,15 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data48, monkeypatch):
         return real_loss(*args)
 
     monkeypatch.setattr(trainer, "l_simple", loss_with_ctrl_c_at_step_3)
+    # A shell starting the suite in the background (nohup, CI) may have set SIGINT to SIG_IGN; the trainer
+    # installs its own handler either way and must restore whatever was there.
+    handler_before = signal.getsignal(signal.SIGINT)
     run = tmp_path / "run"
     assert entry.main(argv(run, data48, "--num-epochs", "2")) == 130
     ckpt = load_checkpoint(run / "test_001.pth")
     assert (ckpt["step"], ckpt["data_offset"]) == (3, 24)
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [3]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # restored
 
 
 def test_max_minutes_stops_with_a_checkpoint(tmp_path, data48):
