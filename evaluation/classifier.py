@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dataset.paths import REPO_ROOT
+from models.config_dict import DictConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # pixel statistics of MNIST train on the
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(DictConfig):
     """Architecture of :class:`MNISTClassifier`; stored in its checkpoint."""
 
     channels: tuple[int, ...] = (16, 32, 64)  # one conv + 2×2 max-pool per entry: 28 → 14 → 7 → 3
@@ -61,16 +62,6 @@ class ClassifierConfig:
                 "use fewer channels entries"
             )
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ClassifierConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ClassifierConfig fields {unknown}; valid fields are {sorted(known)}")
-        return cls(**data)
 
 
 class MNISTClassifier(nn.Module):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from models.blocks import BottleNeck, DownSamplingBlock, UpSamplingBlock, group_norm
+from models.config_dict import DictConfig, check_field_names
 from models.label_embedding import LabelEmbedding
 from models.time_embedding import TimeEmbedding
 
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(DictConfig):
     """Architecture of :class:`UNet`. Stored in every checkpoint, so a checkpoint rebuilds its model.
 
     Attributes:
@@ -105,16 +106,6 @@ class UNetConfig:
         """Whether the model is class-conditional (takes labels through :meth:`UNet.label_context`)."""
         return self.num_classes is not None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> UNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown UNetConfig fields {unknown}; valid fields are {sorted(known)}")
-        return cls(**data)
 
 
 PRESETS: dict[str, UNetConfig] = {
@@ -212,8 +203,5 @@ class UNet(nn.Module):
 def preset_config(name: str, **overrides) -> UNetConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    known = {f.name for f in fields(UNetConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown UNetConfig fields {unknown}; valid fields are {sorted(known)}")
+    check_field_names(UNetConfig, overrides)
     return dataclasses.replace(PRESETS[name], **overrides)

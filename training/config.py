@@ -20,10 +20,11 @@ Defaults are chosen to give recognisable digits from the ``small`` preset within
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from dataset.paths import DEFAULT_DATA_PATH
+from models.config_dict import DictConfig
 
 DEVICES = ("auto", "cpu", "cuda")
 RUN_FILES = frozenset({"config.json", "metrics.csv", "loss.png", "viz"})  # written beside the checkpoint
@@ -31,7 +32,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """How to train. Attributes mirror the ``--flags`` of ``main.py --train-ddpm-model``.
 
     Attributes:
@@ -168,16 +169,6 @@ class TrainConfig:
     def ckpt_path(self) -> Path:
         return self.run_dir / self.ckpt_save_name
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}; valid fields are {sorted(known)}")
-        return cls(**data)
 
 
 # Fields that change the optimisation itself. Resuming with different values is allowed (e.g. a lower lr for
