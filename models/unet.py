@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.blocks import BottleNeck, DownSamplingBlock, UpSamplingBlock, group_norm
+from models.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
+from models.blocks import BottleNeck, DownSamplingBlock, ResidualBlock, UpSamplingBlock, group_norm
 from models.config_dict import DictConfig, check_field_names
 from models.label_embedding import LabelEmbedding
 from models.time_embedding import TimeEmbedding
@@ -42,6 +43,10 @@ class UNetConfig(DictConfig):
         num_classes: for a class-conditional model, the number of classes; labels become ``label_tokens``
             context tokens of width ``context_dim`` (which must then be set), plus a learned null label.
         label_tokens: context tokens per label.
+        zero_init: start every residual branch and the output at zero, as Ho et al.'s code does (its
+            ``init_scale=0`` on the second conv of each residual block, each attention output projection and
+            the final conv): every block starts as the identity and ε_θ starts at 0. ``False`` keeps
+            PyTorch's default initialisation everywhere. Only matters for a fresh model, not a loaded one.
     """
 
     im_channels: int = 1
@@ -57,6 +62,7 @@ class UNetConfig(DictConfig):
     context_dim: int | None = None
     num_classes: int | None = None
     label_tokens: int = 1
+    zero_init: bool = True
 
     def __post_init__(self) -> None:
         # JSON round trips give lists; keep tuples so configs compare and hash.
@@ -100,6 +106,8 @@ class UNetConfig(DictConfig):
                 raise bad("num_classes", "a class-conditional model needs context_dim for its label tokens")
         if isinstance(self.label_tokens, bool) or not isinstance(self.label_tokens, int) or self.label_tokens < 1:
             raise bad("label_tokens", "must be a positive int")
+        if not isinstance(self.zero_init, bool):
+            raise bad("zero_init", "must be True or False")
 
     @property
     def conditional(self) -> bool:
@@ -150,7 +158,21 @@ class UNet(nn.Module):
         )
         self.norm_out = group_norm(ch[0], groups)
         self.conv_out = nn.Conv2d(ch[0], config.im_channels, 3, padding=1)
+        if config.zero_init:
+            self._zero_init_branch_outputs()
         logger.info("UNet: %s parameters, config %s", f"{self.num_parameters():,}", config)
+
+    def _zero_init_branch_outputs(self) -> None:
+        """Zero the last layer of every residual branch (so ``x + branch(x) = x``) and of the network."""
+        last_layers = [self.conv_out]
+        for module in self.modules():
+            if isinstance(module, ResidualBlock):
+                last_layers.append(module.block2[-1])
+            elif isinstance(module, (MultiHeadSelfAttention, MultiHeadCrossAttention)):
+                last_layers.append(module.proj)
+        for layer in last_layers:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> UNet:

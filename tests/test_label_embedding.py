@@ -9,7 +9,8 @@ from models import LabelEmbedding, UNet, UNetConfig
 @pytest.fixture(scope="module")
 def cond_model():
     torch.manual_seed(0)
-    return UNet.from_preset("tiny", attn=(False, True), context_dim=8, num_classes=10).eval()
+    # PyTorch's default init: with zero_init the untrained output would be 0 whatever the label.
+    return UNet.from_preset("tiny", attn=(False, True), context_dim=8, num_classes=10, zero_init=False).eval()
 
 
 def test_label_tokens_reach_cross_attention(cond_model):

@@ -8,8 +8,9 @@ from models import PRESETS, BottleNeck, DownSamplingBlock, UNet, UNetConfig, UpS
 
 @pytest.fixture(scope="module")
 def tiny():
+    """PyTorch's default init, so that the output depends on x and t from the start (zero_init gives ε_θ = 0)."""
     torch.manual_seed(0)
-    return UNet.from_preset("tiny").eval()
+    return UNet.from_preset("tiny", zero_init=False).eval()
 
 
 @pytest.mark.parametrize("size", [28, 32])
@@ -41,11 +42,35 @@ def test_per_sample_timesteps(tiny):
 
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
-    model = UNet.from_preset("tiny", attn=(True, True), context_dim=6)
+    model = UNet.from_preset("tiny", attn=(True, True), context_dim=6, zero_init=False)
     x = torch.randn(2, 1, 28, 28)
     model(x, torch.tensor([3, 700]), context=torch.randn(2, 2, 6)).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
     assert not missing, f"no gradient reaches {missing}"
+
+
+def test_zero_init_starts_at_identity_blocks_and_zero_output_then_trains_every_parameter():
+    """Ho et al.'s init: the last layer of each residual branch and the output conv start at 0, so ε_θ = 0
+    and each block is its skip path; after one optimizer step every parameter has been reached."""
+    torch.manual_seed(0)
+    model = UNet.from_preset("tiny", attn=(True, True), context_dim=6)
+    x, t, ctx = torch.randn(2, 1, 28, 28), torch.tensor([3, 700]), torch.randn(2, 2, 6)
+    assert torch.equal(model(x, t, context=ctx), torch.zeros_like(x))
+    block = model.downs[0].resnets[0]
+    h, t_emb = torch.randn(2, 8, 28, 28), torch.randn(2, 16)
+    assert torch.allclose(block(h, t_emb), block.skip(h))
+    h16 = torch.randn(2, 16, 28, 28)  # the attention of down level 0 runs on its output width
+    assert torch.equal(model.downs[0].attns[0](h16, torch.randn(2, 2, 6)), h16)
+
+    # A gradient crosses a zeroed layer once that layer has moved: step 1 moves conv_out, step 2 the ends of
+    # the residual branches, and from step 3 on every parameter has a gradient.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(3):
+        optimizer.zero_grad()
+        (model(x, t, context=ctx) - torch.randn_like(x)).square().mean().backward()
+        no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+        optimizer.step()
+    assert not no_grad, f"no gradient at step 3: {no_grad}"
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -77,7 +102,7 @@ def test_small_preset_flop_budget():
 
 def test_context_is_used_when_configured():
     torch.manual_seed(0)
-    model = UNet.from_preset("tiny", attn=(False, True), context_dim=4).eval()
+    model = UNet.from_preset("tiny", attn=(False, True), context_dim=4, zero_init=False).eval()
     x = torch.randn(2, 1, 28, 28)
     a = model(x, 5, context=torch.zeros(2, 1, 4))
     b = model(x, 5, context=torch.ones(2, 3, 4))
