@@ -235,6 +235,17 @@ def test_build_model_loads_ema_weights_in_eval_mode(state, tmp_path):
     assert not torch.equal(raw.conv_out.weight, model.conv_out.weight)
 
 
+def test_build_model_lays_weights_out_channels_last_with_the_same_outputs(state):
+    model, _, _ = build_model_from_checkpoint(state)
+    nchw, _, _ = build_model_from_checkpoint(state, channels_last=False)
+    assert model.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nchw.conv_in.weight.is_contiguous()
+    x = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, torch.tensor([0, 20, 49])), nchw(x, torch.tensor([0, 20, 49])),
+                                   atol=1e-5, rtol=1e-4)
+
+
 def test_build_model_without_ema_falls_back_to_model_and_logs(state, caplog):
     with caplog.at_level(logging.INFO, logger="training.checkpoint"):
         model, _, _ = build_model_from_checkpoint({**state, "ema": None})

@@ -306,12 +306,15 @@ def _check_fits_before_building(model_config: UNetConfig, state_dict: Any, what:
 
 
 def build_model_from_checkpoint(
-    ckpt_or_path: dict | str | Path, use_ema: bool = True, device: str | torch.device = "cpu"
+    ckpt_or_path: dict | str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
+    channels_last: bool = True,
 ) -> tuple[UNet, LinearNoiseScheduler, dict]:
     """Rebuild ``(UNet in eval mode, LinearNoiseScheduler, checkpoint dict)`` from a checkpoint alone.
 
     ``use_ema`` loads the EMA weights (what sampling should use); a checkpoint without them falls back to
     ``"model"`` and logs it. The weights are checked against the config before the model is allocated.
+    ``channels_last`` lays the convolution weights out NHWC, as training does: oneDNN's and cuDNN's NHWC
+    kernels are the fast ones (small, DDIM-50 on 2 CPU cores: see benchmarks/RESULTS.md). Inputs may stay NCHW.
     """
     ckpt, source = _as_checkpoint(ckpt_or_path)
     model_config, diffusion_config = configs_from_checkpoint(ckpt, source)
@@ -321,7 +324,7 @@ def build_model_from_checkpoint(
     _check_fits_before_building(model_config, ckpt[key], f"{source}[{key!r}]")
     model = UNet(model_config)
     load_state_dict_checked(model, ckpt[key], f"{source}[{key!r}]")
-    model.to(device).eval()
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
     scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=device)
     return model, scheduler, ckpt
 
