@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -32,12 +33,16 @@ from scheduler import LinearNoiseScheduler
 from training.batching import BatchSource
 from training.config import TrainConfig
 from training.ema import EMA
+from training.performance import resolve_performance, to_memory_format
 from training.trainer import l_simple, lr_at
 
 
-def train_for(model: torch.nn.Module, minutes: float, seed: int) -> dict:
-    """The repository's training recipe for ``minutes`` of wall clock; returns what it did."""
-    config = TrainConfig(seed=seed)
+def train_for(model: torch.nn.Module, minutes: float, seed: int, **recipe) -> dict:
+    """The repository's training recipe (``TrainConfig`` defaults, or ``recipe`` overrides of its fields) for
+    ``minutes`` of wall clock, in the layout the trainer picks for the CPU; returns what it did."""
+    config = TrainConfig(seed=seed, **recipe)
+    perf = resolve_performance(config.precision, config.compile, config.channels_last, torch.device("cpu"))
+    model.to(memory_format=torch.channels_last if perf.channels_last else torch.contiguous_format)
     dataset = MNISTDataset.from_folder(ensure_mnist_images(config.data_path), cache=True)
     batches = BatchSource(dataset, config.batch_size, seed, torch.device("cpu"), in_memory=True)
     scheduler = LinearNoiseScheduler()
@@ -52,7 +57,7 @@ def train_for(model: torch.nn.Module, minutes: float, seed: int) -> dict:
                 group["lr"] = lr_at(step, config)
             t = scheduler.sample_timesteps(x0.shape[0], generator=generator)
             eps = torch.randn(x0.shape, generator=generator)
-            loss = l_simple(model, scheduler, x0, t, eps)
+            loss = l_simple(model, scheduler, to_memory_format(x0, perf), t, eps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -105,6 +110,10 @@ def main(argv=None) -> None:
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "runs" / "bench_quality")
+    parser.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
+    parser.add_argument("--ema-decay", type=float, help="override the recipe's EMA decay")
+    parser.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    parser.add_argument("--tag", default="", help="suffix for the result's name (e.g. the recipe change)")
     parser.add_argument("--report", action="store_true", help="only print the table of earlier results")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,14 +126,18 @@ def main(argv=None) -> None:
         torch.manual_seed(args.seed)
         model = build_model(name)
         print(f"{name}: {num_parameters(model):,} parameters, training for {args.minutes} min", flush=True)
-        trained = train_for(model, args.minutes, args.seed)
+        recipe = {k: v for k, v in (("lr", args.lr), ("ema_decay", args.ema_decay),
+                                    ("batch_size", args.batch_size)) if v is not None}
+        label = name + (f" {args.tag}" if args.tag else "")
+        file_stem = re.sub(r"[^\w.-]+", "_", label).strip("_")
+        trained = train_for(model, args.minutes, args.seed, **recipe)
         ema = trained.pop("ema").eval()
         with torch.inference_mode():
-            scores = evaluate(ema, args.num_samples, args.seed, args.out_dir / f"{name}_grid.png")
-        result = {"model": name, "params": num_parameters(model), "minutes": args.minutes,
+            scores = evaluate(ema, args.num_samples, args.seed, args.out_dir / f"{file_stem}_grid.png")
+        result = {"model": label, "recipe": recipe, "params": num_parameters(model), "minutes": args.minutes,
                   "threads": torch.get_num_threads(), "num_samples": args.num_samples, **trained, **scores}
         assert math.isfinite(result["fid"])
-        (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out_dir / f"{file_stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result), flush=True)
     report(args.out_dir)
 

@@ -7,12 +7,14 @@ Models are untrained (speed does not depend on the weights). Ours run through ``
 under ``torch.inference_mode()``; the baseline is diffusers' ``DDPMPipeline`` / ``DDIMPipeline`` around the
 ``UNet2DModel`` matched to ``small`` (``benchmarks/common.py``), with the same T = 1000 linear schedule.
 Each measurement is one batch of all its samples after a short warm-up; the table reports images/s and
-the wall time it implies for 1,000 images.
+the wall time it implies for 1,000 images. Ours run in the layout ``build_model_from_checkpoint`` gives
+(channels_last; ``--no-channels-last`` for NCHW); diffusers' pipeline as its users get it (NCHW).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -22,14 +24,14 @@ from sampling import SamplerConfig, model_eps_fn, sample_images
 from scheduler import LinearNoiseScheduler
 
 
-def ours(model, sampler: str, steps: int, n: int, device) -> float:
+def ours(model, sampler: str, steps: int, n: int, device, batch_size: int = 0) -> float:
     scheduler = LinearNoiseScheduler(device=device)
     config = SamplerConfig("ddim", steps) if sampler == "ddim" else SamplerConfig("ddpm")
     eps_fn = model_eps_fn(model)
     sample_images(eps_fn, scheduler, 2, SamplerConfig("ddim", 2), batch_size=2, progress=False,
                   generator=torch.Generator().manual_seed(1))  # warm-up
     start = time.perf_counter()
-    sample_images(eps_fn, scheduler, n, config, batch_size=n, generator=torch.Generator().manual_seed(0),
+    sample_images(eps_fn, scheduler, n, config, batch_size=batch_size or n, generator=torch.Generator().manual_seed(0),
                   progress=False)
     return n / (time.perf_counter() - start)
 
@@ -60,6 +62,9 @@ def main(argv=None) -> None:
     parser.add_argument("--ddim-samples", type=int, default=250, help="images per DDIM measurement (0: skip)")
     parser.add_argument("--ddpm-samples", type=int, default=25, help="images per DDPM-1000 measurement (0: skip)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="run our models channels_last, as build_model_from_checkpoint does (default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=0, help="our sampling batch (0: all samples in one)")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args(argv)
     if args.num_threads:
@@ -71,7 +76,9 @@ def main(argv=None) -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = build_model(name).to(device).eval()
-        run = diffusers_pipeline if name.startswith("diffusers-") else ours
+        if not name.startswith("diffusers-") and args.channels_last:
+            model.to(memory_format=torch.channels_last)
+        run = diffusers_pipeline if name.startswith("diffusers-") else functools.partial(ours, batch_size=args.batch_size)
         for sampler, steps, n in (("ddim", args.ddim_steps, args.ddim_samples), ("ddpm", 1000, args.ddpm_samples)):
             if n <= 0:
                 continue
