@@ -1,7 +1,6 @@
 """Quality per CPU-minute: train for a fixed wall-clock budget, then sample with DDIM-50 and score.
 
-    python benchmarks/bench_quality.py --minutes 15 --models small            # one model per process…
-    python benchmarks/bench_quality.py --minutes 15 --models diffusers-small  # …run both side by side
+    python benchmarks/bench_quality.py --minutes 15                           # small, then diffusers-small
     python benchmarks/bench_quality.py --report                               # the table of every result so far
 
 Both models go through the same recipe — the repository's defaults: batch 128 from the in-memory MNIST
@@ -9,8 +8,11 @@ cache, t uniform, L_simple, AdamW lr 1e-3 with a 200-step warm-up, gradient clip
 warm-up — for ``--minutes`` of wall-clock training, then the EMA weights draw ``--num-samples`` digits with
 DDIM-50 (η = 0, trailing spacing). Scores: classifier-FID against the MNIST test set next to the
 real-vs-real floor at the same N, and the classifier score. Results go to ``<out-dir>/<model>.json`` and a
-sample grid to ``<out-dir>/<model>_grid.png``. Run the two models at the same time with ``--num-threads 1``
-each on a 2-core machine, so that they share it alike.
+sample grid to ``<out-dir>/<model>_grid.png``.
+
+Fairness: on an idle machine run the models one after the other (the default), each with every core; on a
+shared one run them at the same time in two processes with ``--num-threads 1`` each, so that the load hits
+them alike. Candidates and recipe changes: ``--models "small[channels=16,16,64]"``, ``--lr 2e-3 --tag lr2e-3``.
 """
 
 from __future__ import annotations

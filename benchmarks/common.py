@@ -19,18 +19,20 @@ if str(REPO_ROOT) not in sys.path:
 from models import UNet  # noqa: E402
 
 # diffusers' UNet2DModel with the same layout as our `small` (28 → 14 → 7, attention only at 7×7) and
-# block widths chosen so its parameter count is within 10% of small's (407,537 vs 403,745). (16, 32, 48),
-# 453,793 parameters, was the match for the earlier small (16, 24, 64), 437,201.
+# block widths chosen so its parameter count is within 10% of small's (686,769 vs 639,073). Earlier smalls
+# and their matches: (16, 24, 64) 437,201 ↔ (16, 32, 48) 453,793; (16, 16, 64) 403,745 ↔ (16, 24, 48) 407,537.
 DIFFUSERS_MATCHED = {
-    "small": dict(block_out_channels=(16, 24, 48), layers_per_block=1, norm_num_groups=8),
+    "small": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8),
 }
 
 
-def diffusers_unet(preset: str = "small", im_channels: int = 1, sample_size: int = 28) -> torch.nn.Module:
-    """A diffusers UNet2DModel matched to one of our presets, wrapped to take ``(x, t)`` like ours."""
+def diffusers_unet(preset: str = "small", im_channels: int = 1, sample_size: int = 28,
+                   **overrides) -> torch.nn.Module:
+    """A diffusers UNet2DModel matched to one of our presets (``overrides`` replace its ``UNet2DModel``
+    arguments), wrapped to take ``(x, t)`` like ours."""
     from diffusers import UNet2DModel
 
-    cfg = DIFFUSERS_MATCHED[preset]
+    cfg = {**DIFFUSERS_MATCHED[preset], **overrides}
     levels = len(cfg["block_out_channels"])
     model = UNet2DModel(
         sample_size=sample_size, in_channels=im_channels, out_channels=im_channels,
@@ -73,11 +75,11 @@ def _literal(text: str):
 
 
 def build_model(name: str) -> torch.nn.Module:
-    """``tiny``/``small``/``base`` (ours, optionally with overrides, see :func:`parse_model_name`) or
-    ``diffusers-small`` (the matched baseline)."""
-    if name.startswith("diffusers-"):
-        return diffusers_unet(name.removeprefix("diffusers-"))
+    """``tiny``/``small``/``base`` (ours) or ``diffusers-small`` (the matched baseline), each optionally with
+    overrides (see :func:`parse_model_name`), e.g. ``diffusers-small[block_out_channels=16,32,64]``."""
     preset, overrides = parse_model_name(name)
+    if preset.startswith("diffusers-"):
+        return diffusers_unet(preset.removeprefix("diffusers-"), **overrides)
     return UNet.from_preset(preset, **overrides)
 
 

@@ -272,7 +272,7 @@ def short_run(tmp_path_factory, data48) -> Path:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--model", "small"], r"different model .*channels: checkpoint \(8, 16, 16\) vs requested \(16, 16, 64\)"),
+    (["--model", "small"], r"different model .*channels: checkpoint \(8, 16, 16\) vs requested \(16, 16, 64, 64\)"),
     (["--num-timesteps", "50"], "another diffusion schedule.*num_timesteps: checkpoint 100 vs requested 50"),
     (["--seed", "7"], "trained with --seed 0, not 7"),
 ])

@@ -240,9 +240,12 @@ def rgb_gradient(size: int) -> torch.Tensor:
 def unet_io_figure(
     outdir: Path, seed: int = 0, device: str | torch.device = "cpu", size: int = 28, t: int = 10
 ) -> Path:
-    """``unet_io.png``: an RGB gradient through an untrained ``small`` UNet with 3 image channels at step t."""
+    """``unet_io.png``: an RGB gradient through an untrained ``small`` UNet with 3 image channels at step t.
+
+    Drawn with PyTorch's default init (``zero_init=False``): the training init starts ε_θ at exactly 0, which
+    would show nothing of how the input travels through the network."""
     with seeded_init(seed):
-        model = UNet.from_preset("small", im_channels=3).to(device).eval()
+        model = UNet.from_preset("small", im_channels=3, zero_init=False).to(device).eval()
     x = rgb_gradient(size).to(device)
     with torch.no_grad():
         eps = model(x, t)  # (1, 3, H, W): ε_θ(x_t, t)
@@ -264,6 +267,6 @@ def unet_io_figure(
                  colorbar="pixel value")
         show_map(axes[1, c + 1], eps[c], f"output channel {c} ({name})", cmap="RdBu_r", vmin=-limit, vmax=limit,
                  colorbar="predicted ε")
-    fig.suptitle(f"UNet.from_preset('small', im_channels=3), untrained: input x_t of shape (1, 3, {size}, {size}) "
+    fig.suptitle(f"UNet.from_preset('small', im_channels=3, zero_init=False), untrained: input x_t of shape (1, 3, {size}, {size}) "
                  f"→ predicted noise ε_θ of the same shape (t = {t})")
     return save_figure(fig, outdir / "unet_io.png")

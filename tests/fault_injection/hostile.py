@@ -163,7 +163,7 @@ def _catalogue() -> list[HostileCase]:
     # -- real checkpoints that cannot continue *this* run (main.py --resume, tiny, T=100)
     t100 = lambda g: {**g, "diffusion_config": {**g["diffusion_config"], "num_timesteps": 100}}  # noqa: E731
     add("a `small` checkpoint resumed as `tiny`",
-        r"different model \(pass the --model it was trained with.*channels: checkpoint \(16, 16, 64\) vs "
+        r"different model \(pass the --model it was trained with.*channels: checkpoint \(16, 16, 64, 64\) vs "
         r"requested \(8, 16, 16\)", _save(lambda g: {**t100(g), "model_config": preset_config("small").to_dict(),
                                                       "model": _small(), "ema": _small()}), "resume")
     add("another diffusion schedule", r"another diffusion schedule: num_timesteps: checkpoint 50 vs requested 100",
