@@ -78,7 +78,8 @@ def main(argv=None) -> None:
         model = build_model(name).to(device).eval()
         if not name.startswith("diffusers-") and args.channels_last:
             model.to(memory_format=torch.channels_last)
-        run = diffusers_pipeline if name.startswith("diffusers-") else functools.partial(ours, batch_size=args.batch_size)
+        run = (diffusers_pipeline if name.startswith("diffusers-")
+               else functools.partial(ours, batch_size=args.batch_size))
         for sampler, steps, n in (("ddim", args.ddim_steps, args.ddim_samples), ("ddpm", 1000, args.ddpm_samples)):
             if n <= 0:
                 continue

@@ -65,7 +65,7 @@ def test_zero_init_starts_at_identity_blocks_and_zero_output_then_trains_every_p
     # A gradient crosses a zeroed layer once that layer has moved: step 1 moves conv_out, step 2 the ends of
     # the residual branches, and from step 3 on every parameter has a gradient.
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(3):
+    for _ in range(3):
         optimizer.zero_grad()
         (model(x, t, context=ctx) - torch.randn_like(x)).square().mean().backward()
         no_grad = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]

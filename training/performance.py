@@ -15,7 +15,8 @@ channels_last   on (cuDNN's NHWC kernels, tensor cores)       on: measured faste
 ==============  ============================================  ===============================================
 
 CPU measurements (``python benchmarks/bench_performance.py`` and ``... --variants fp32+cl fp32+cl+compile``;
-``small``, batch 128, 1 thread, torch 2.14, a 2-core Xeon with AVX512-BF16 but no AMX; median of 6 rounds):
+the first ``small`` (16, 24, 64), batch 128, 1 thread, torch 2.14, a 2-core Xeon with AVX512-BF16 but no AMX;
+median of 6 rounds; later measurements, on the current ``small``, are in benchmarks/RESULTS.md):
 fp32 196 images/s, fp32 + channels_last 224 (1.14×), bf16 146 (0.75×), bf16 + channels_last 117 (0.59×).
 bf16's loss tracks fp32's (0.2842 vs 0.2838, mean over the same 32 steps) — fine, but slower, so not the
 default. ``torch.compile`` (fp32 + channels_last): a 93 s first step, then 219 vs 227 images/s (0.97×), so it

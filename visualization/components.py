@@ -267,6 +267,7 @@ def unet_io_figure(
                  colorbar="pixel value")
         show_map(axes[1, c + 1], eps[c], f"output channel {c} ({name})", cmap="RdBu_r", vmin=-limit, vmax=limit,
                  colorbar="predicted ε")
-    fig.suptitle(f"UNet.from_preset('small', im_channels=3, zero_init=False), untrained: input x_t of shape (1, 3, {size}, {size}) "
+    fig.suptitle("UNet.from_preset('small', im_channels=3, zero_init=False), untrained: "
+                 f"input x_t of shape (1, 3, {size}, {size}) "
                  f"→ predicted noise ε_θ of the same shape (t = {t})")
     return save_figure(fig, outdir / "unet_io.png")
