@@ -86,6 +86,7 @@ def main(argv=None) -> None:
         peaks[label] = mem.peak_bytes
 
     labels = [label for label, _, _ in variants]
+    layouts = {label: channels_last for label, _, channels_last in variants}
     rates = {label: [] for label in labels}
     for _ in range(args.rounds):
         for name in labels:
@@ -107,7 +108,7 @@ def main(argv=None) -> None:
         gflops = flops[name] * ips / 1e9
         rows.append({
             "model": name,
-            "layout": "channels_last" if variants[labels.index(name)][2] else "NCHW",
+            "layout": "channels_last" if layouts[name] else "NCHW",
             "params": f"{num_parameters(models[name]):,}",
             "GFLOP/img": f"{flops[name] / 1e9:.3f}",
             "img/s": f"{ips:.0f}",
