@@ -23,7 +23,7 @@ import statistics
 import time
 
 import torch
-from common import print_table
+from harness import print_table
 
 from dataset import load_mnist_idx
 from models import UNet, preset_config

@@ -5,7 +5,7 @@
 
 Models are untrained (speed does not depend on the weights). Ours run through ``sampling.sample_images``
 under ``torch.inference_mode()``; the baseline is diffusers' ``DDPMPipeline`` / ``DDIMPipeline`` around the
-``UNet2DModel`` matched to ``small`` (``benchmarks/common.py``), with the same T = 1000 linear schedule.
+``UNet2DModel`` matched to ``small`` (``benchmarks/harness.py``), with the same T = 1000 linear schedule.
 Each measurement is one batch of all its samples after a short warm-up; the table reports images/s and
 the wall time it implies for 1,000 images. Ours run in the layout ``build_model_from_checkpoint`` gives
 (channels_last; ``--no-channels-last`` for NCHW); diffusers' pipeline as its users get it (NCHW).
@@ -18,7 +18,7 @@ import functools
 import time
 
 import torch
-from common import build_model, num_parameters, print_table
+from harness import build_model, num_parameters, print_table
 
 from sampling import SamplerConfig, model_eps_fn, sample_images
 from scheduler import LinearNoiseScheduler
@@ -39,7 +39,7 @@ def ours(model, sampler: str, steps: int, n: int, device, batch_size: int = 0) -
 def diffusers_pipeline(model, sampler: str, steps: int, n: int, device) -> float:
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler
 
-    unet = model.model  # the UNet2DModel inside benchmarks.common.DiffusersEps
+    unet = model.model  # the UNet2DModel inside benchmarks.harness.DiffusersEps
     kwargs = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     if sampler == "ddim":
         pipe = DDIMPipeline(unet, DDIMScheduler(**kwargs, timestep_spacing="trailing"))

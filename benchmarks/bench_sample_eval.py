@@ -4,9 +4,10 @@
     python benchmarks/bench_sample_eval.py --ckpt-file runs/mnist_ddpm/test_001.pth \\
         --num-samples 1000 10000 --samplers ddpm ddim:50 ddim:20 ddim:10 --out-dir runs/bench
 
-For each sampler (``ddpm``, or ``ddim:<steps>[:<eta>]``) it draws max(--num-samples) images once, timing them
-(images/s on this machine, batch --batch-size), and saves them to ``<out-dir>/samples_<label>.npz``; with
-``--reuse`` a later run takes the samples (and their recorded speed) from there instead of sampling again.
+For each sampler (``ddpm``, ``ddpm:<steps>``, ``ddim:<steps>[:<eta>]`` or ``dpm-solver++:<steps>``; see
+benchmarks/harness.py) it draws max(--num-samples) images once, timing them (images/s on this machine, batch
+--batch-size), and saves them to ``<out-dir>/samples_<label>.npz``; with ``--reuse`` a later run takes the
+samples (and their recorded speed) from there instead of sampling again.
 Then for each N in --num-samples it scores the first N samples:
 
 - classifier-FID against the 10,000 MNIST test digits, next to the real-vs-real floor at the same N
@@ -26,19 +27,15 @@ import hashlib
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo's packages importable
-    sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+import torch
+from harness import SAMPLER_SPEC, draw_or_reuse, parse_sampler
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from evaluation.classifier import DEFAULT_CLASSIFIER_PATH, classify_uint8, load_classifier  # noqa: E402
-from evaluation.cli import DEFAULT_CKPT  # noqa: E402
-from evaluation.metrics import (  # noqa: E402
+from evaluation.classifier import DEFAULT_CLASSIFIER_PATH, classify_uint8, load_classifier
+from evaluation.cli import DEFAULT_CKPT
+from evaluation.metrics import (
     MetricsConfig,
     classifier_score,
     floor_digits,
@@ -49,32 +46,8 @@ from evaluation.metrics import (  # noqa: E402
     nearest_neighbour_l2,
     nn_reference_digits,
 )
-from sampling import SamplerConfig, load_samples_npz, model_eps_fn, sample_images, save_samples_npz, to_uint8  # noqa: E402
 
 logger = logging.getLogger("bench_sample_eval")
-
-
-SAMPLER_SPEC = "ddpm, ddim:<steps> or ddim:<steps>:<eta>, each optionally @<max samples>"
-
-
-def parse_sampler(spec: str) -> tuple[SamplerConfig, int | None]:
-    """``ddpm`` | ``ddim:<steps>`` | ``ddim:<steps>:<eta>``, optionally ``@<max N>`` → (config, cap or None).
-
-    The cap limits how many images that sampler draws (FID at larger N is then left out), e.g. ``ddpm@1000``.
-    """
-    body, _, cap = spec.partition("@")
-    parts = body.split(":")
-    try:
-        max_n = int(cap) if cap else None
-        if max_n is not None and max_n < 2:
-            raise ValueError("the @ cap must be >= 2")
-        if parts[0] == "ddpm" and len(parts) == 1:
-            return SamplerConfig("ddpm"), max_n
-        if parts[0] == "ddim" and len(parts) in (2, 3):
-            return SamplerConfig("ddim", int(parts[1]), float(parts[2]) if len(parts) == 3 else 0.0), max_n
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"bad sampler {spec!r}: {err}") from None
-    raise argparse.ArgumentTypeError(f"bad sampler {spec!r}; use {SAMPLER_SPEC}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,28 +72,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.ckpt_file.is_file():
         parser.error(f"checkpoint {args.ckpt_file} not found (train one, or pass --ckpt-file)")
     return args
-
-
-def draw_or_reuse(args, model, scheduler, config: SamplerConfig, n: int, ckpt_sha: str) -> tuple[np.ndarray, dict]:
-    label = config.describe(scheduler.num_timesteps)
-    path = args.out_dir / f"samples_{label}.npz"
-    if args.reuse and path.is_file():
-        images, meta = load_samples_npz(path)
-        if meta.get("checkpoint_sha256") == ckpt_sha and meta.get("seed") == args.seed and len(images) >= n:
-            logger.info("%s: reusing %d samples from %s", label, len(images), path)
-            return images, meta
-    start = time.perf_counter()
-    result = sample_images(model_eps_fn(model), scheduler, n, config, image_shape=(model.config.im_channels, 28, 28),
-                           batch_size=args.batch_size, generator=torch.Generator().manual_seed(args.seed),
-                           device=scheduler.device)
-    seconds = time.perf_counter() - start
-    meta = {"checkpoint_sha256": ckpt_sha, "seed": args.seed, "sampler": label, "num_function_evals":
-            result.num_function_evals, "seconds": seconds, "images_per_second": n / seconds,
-            "device": str(scheduler.device), "threads": torch.get_num_threads(), "batch_size": args.batch_size}
-    images = to_uint8(result.images)
-    save_samples_npz(images, path, meta)
-    logger.info("%s: %d samples in %.0f s (%.2f images/s)", label, n, seconds, n / seconds)
-    return images, meta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for config, cap in args.samplers:
         n_draw = n_max if cap is None else min(cap, n_max)
-        images, meta = draw_or_reuse(args, model, scheduler, config, n_draw, ckpt_sha)
+        images, meta = draw_or_reuse(model, scheduler, config, n_draw, seed=args.seed, batch_size=args.batch_size,
+                                     out_dir=args.out_dir, ckpt_sha=ckpt_sha, reuse=args.reuse)
         images = images[:n_draw]
         f, p = feats(images)
         sample_nn, _ = nearest_neighbour_l2(images, train_images)

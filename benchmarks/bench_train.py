@@ -19,7 +19,7 @@ import statistics
 import time
 
 import torch
-from common import (
+from harness import (
     PeakMemory,
     build_model,
     matmul_gflops,

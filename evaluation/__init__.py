@@ -23,6 +23,7 @@ from evaluation.metrics import (
     gaussian_stats,
     mean_max_prob,
     nearest_neighbour_l2,
+    precision_recall,
     trace_sqrt_product,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "load_classifier",
     "mean_max_prob",
     "nearest_neighbour_l2",
+    "precision_recall",
     "save_classifier",
     "trace_sqrt_product",
 ]

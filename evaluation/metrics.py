@@ -11,6 +11,14 @@ Definitions (φ = the classifier's 128-d penultimate features, p(y|x) its softma
 - **class histogram** — counts of argmax p(y|x) (mode coverage), and its effective number of classes
   exp(H(histogram/N)) ∈ [1, 10].
 - **mean max-probability** — E_x max_y p(y|x), sharpness: 0.1 (uniform) … 1 (certain).
+- **precision / recall** (Kynkäänniemi et al., "Improved Precision and Recall Metric for Assessing Generative
+  Models", 2019) — each feature set approximates its manifold by the union of balls around its points, each
+  ball reaching the point's k-th nearest neighbour in the same set (k = 3). Precision = the fraction of
+  sample features inside the real manifold (are the samples realistic?); recall = the fraction of real
+  features inside the samples' manifold (is all of the real data covered?). The real set is N MNIST test
+  digits (the FID's reference, subsampled to the samples' N, as both numbers depend on the set sizes; all
+  10,000 when N is larger). The "real" column repeats both with the FID floor's N training digits in place
+  of the samples.
 - **memorisation** — d(x) = min over the 60,000 training digits of ‖x − x_train‖₂ (pixels in [0, 1]). The
   threshold is the 5th percentile of d over held-out test digits (1,000 by default), so by construction 5% of
   real unseen digits fall below it; a fraction of samples well above 5% means the model copies training digits.
@@ -39,12 +47,15 @@ class MetricsConfig:
     nn_reference_size: int = 1000  # test digits used to estimate that quantile
     seed: int = 0  # which real digits form the floor / NN reference (not the sampling seed)
     batch_size: int = 1000  # classifier batch size
+    pr_k: int = 3  # precision / recall: the k of the k-NN balls (Kynkäänniemi et al. use 3)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.nn_quantile < 1.0:
             raise ValueError(f"nn_quantile must lie in (0, 1), got {self.nn_quantile}")
         if self.nn_reference_size < 1 or self.batch_size < 1:
             raise ValueError("nn_reference_size and batch_size must be >= 1")
+        if isinstance(self.pr_k, bool) or not isinstance(self.pr_k, int) or self.pr_k < 1:
+            raise ValueError(f"pr_k (the k of precision/recall's k-NN balls) must be an int >= 1, got {self.pr_k!r}")
 
 
 # ---------------------------------------------------------------------------------------- FID
@@ -123,6 +134,73 @@ def mean_max_prob(probs: np.ndarray | torch.Tensor) -> float:
     return float(_probs(probs).max(axis=1).mean())
 
 
+# ---------------------------------------------------------------------------------------- precision / recall
+PR_BLOCK_ELEMENTS = 1 << 23  # distances held at once: 8M float64 = 64 MiB (plus kthvalue's working copy)
+
+
+def _as_features(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    f = torch.as_tensor(features).detach().cpu().to(torch.float64)
+    if f.dim() != 2 or f.shape[0] < 1:
+        raise ValueError(f"expected features of shape [N >= 1, D], got {tuple(f.shape)}")
+    return f
+
+
+def row_blocks(num_rows: int, num_cols: int, max_block: int = PR_BLOCK_ELEMENTS):
+    """``(start, stop)`` row ranges whose ``[rows, num_cols]`` distance blocks hold at most ``max_block`` entries
+    (or one row, if a row alone is larger)."""
+    step = max(1, max_block // max(num_cols, 1))
+    for start in range(0, num_rows, step):
+        yield start, min(start + step, num_rows)
+
+
+def _distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """‖a_i − b_j‖ ``[len(a), len(b)]`` from differences, not ‖a‖² + ‖b‖² − 2ab, so equal points are exactly 0."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+
+def knn_radii(features: np.ndarray | torch.Tensor, k: int, max_block: int = PR_BLOCK_ELEMENTS) -> torch.Tensor:
+    """For each point, the distance to its k-th nearest *other* point of the set: float64 ``[N]``, N > k.
+
+    (The k+1-th smallest distance in its row, the first being the point itself — Kynkäänniemi et al.'s
+    convention, under which duplicated points count as neighbours at distance 0.)
+    """
+    f = _as_features(features)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(f):
+        raise ValueError(f"k-NN radii need an int k in [1, N−1] for N = {len(f)} points, got k = {k!r}")
+    radii = torch.empty(len(f), dtype=torch.float64)
+    for start, stop in row_blocks(len(f), len(f), max_block):
+        radii[start:stop] = _distances(f[start:stop], f).kthvalue(k + 1, dim=1).values
+    return radii
+
+
+def fraction_in_manifold(queries: np.ndarray | torch.Tensor, centres: np.ndarray | torch.Tensor,
+                         radii: torch.Tensor, max_block: int = PR_BLOCK_ELEMENTS) -> float:
+    """Fraction of ``queries`` within ``radii[j]`` (inclusive) of at least one ``centres[j]``."""
+    q, c = _as_features(queries), _as_features(centres)
+    if q.shape[1] != c.shape[1] or radii.shape != (len(c),):
+        raise ValueError(f"queries {tuple(q.shape)}, centres {tuple(c.shape)} and radii {tuple(radii.shape)} "
+                         "do not fit together")
+    inside = 0
+    for start, stop in row_blocks(len(q), len(c), max_block):
+        inside += int((_distances(q[start:stop], c) <= radii[None, :]).any(dim=1).sum())
+    return inside / len(q)
+
+
+def precision_recall(real_features: np.ndarray | torch.Tensor, fake_features: np.ndarray | torch.Tensor,
+                     k: int = 3, max_block: int = PR_BLOCK_ELEMENTS) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al., 2019) of ``fake`` against ``real`` features ``[N, D]``.
+
+    precision = fraction of fake points inside some real point's k-NN ball;
+    recall = fraction of real points inside some fake point's k-NN ball. Both sets need more than k points.
+    Distances are computed in blocks of at most ``max_block`` entries (64 MiB of float64 by default), so
+    N = 10,000 needs ~200 MiB at the peak rather than the 800 MiB of one N × N matrix.
+    """
+    real, fake = _as_features(real_features), _as_features(fake_features)
+    precision = fraction_in_manifold(fake, real, knn_radii(real, k, max_block), max_block)
+    recall = fraction_in_manifold(real, fake, knn_radii(fake, k, max_block), max_block)
+    return precision, recall
+
+
 # ---------------------------------------------------------------------------------------- memorisation
 def nearest_neighbour_l2(
     queries: np.ndarray, references: np.ndarray, chunk_size: int = 512
@@ -199,6 +277,12 @@ def nn_reference_digits(test_images: np.ndarray, size: int, seed: int) -> np.nda
     return test_images[np.random.default_rng([seed, 1]).choice(len(test_images), size=size, replace=False)]
 
 
+def pr_reference_indices(num_test: int, n: int, seed: int) -> np.ndarray:
+    """Indices of the test digits that are precision/recall's real set at N = ``n``: min(n, num_test) of them,
+    a fixed draw for each (n, seed)."""
+    return np.random.default_rng([seed, 2]).choice(num_test, size=min(n, num_test), replace=False)
+
+
 def compute_metrics(
     samples: np.ndarray,
     classifier: MNISTClassifier,
@@ -235,6 +319,16 @@ def compute_metrics(
     sample_nn, _ = nearest_neighbour_l2(samples, train_images)
     test_nn, _ = nearest_neighbour_l2(nn_ref, train_images)
 
+    # Precision/recall against N test digits (the FID's reference at the samples' N); None when N <= k.
+    feats_pr_ref = feats_test[torch.from_numpy(pr_reference_indices(len(test_images), n, config.seed))]
+    k = config.pr_k
+    if min(n, len(feats_pr_ref)) > k:
+        precision, recall = precision_recall(feats_pr_ref, feats_gen, k)
+        precision_real, recall_real = precision_recall(feats_pr_ref, feats_real, k)
+    else:
+        logger.warning("precision/recall need more than k=%d samples and reference digits; got N = %d", k, n)
+        precision = recall = precision_real = recall_real = None
+
     extra = {} if requested_labels is None else {"label_accuracy": label_accuracy(probs_gen, requested_labels)}
     return {
         "num_samples": n,
@@ -248,10 +342,19 @@ def compute_metrics(
         "class_histogram": hist.tolist(),
         "effective_num_classes": effective_num_classes(hist),
         "effective_num_classes_real": effective_num_classes(class_histogram(probs_real)),
+        "precision": precision,
+        "recall": recall,
+        "precision_real": precision_real,
+        "recall_real": recall_real,
+        "precision_recall_reference": f"{len(feats_pr_ref)} MNIST test digits, k = {k}",
         "memorisation": memorisation_stats(sample_nn, test_nn, config.nn_quantile),
         "metrics_config": asdict(config),
         **extra,
     }
+
+
+def _cell(value: float | None) -> str:
+    return f"{'–':>10}" if value is None else f"{value:>10.4f}"
 
 
 def format_metrics_table(metrics: dict) -> str:
@@ -263,13 +366,16 @@ def format_metrics_table(metrics: dict) -> str:
         ("classifier score (1..10)", metrics["classifier_score"], metrics["classifier_score_real"]),
         ("mean max-probability", metrics["mean_max_prob"], metrics["mean_max_prob_real"]),
         ("effective number of classes", metrics["effective_num_classes"], metrics["effective_num_classes_real"]),
+        (f"precision (k={metrics['metrics_config']['pr_k']}, vs test digits)", metrics["precision"],
+         metrics["precision_real"]),
+        (f"recall (k={metrics['metrics_config']['pr_k']}, vs test digits)", metrics["recall"], metrics["recall_real"]),
         (f"fraction with NN distance < {mem['threshold']:.3f}", mem["fraction_below_threshold"],
          mem["expected_fraction_for_real"]),
         ("median NN distance to train", mem["nn_distance_median"], mem["test_nn_distance_median"]),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'metric':<{width}}  {'samples':>10}  {'real':>10}", "-" * (width + 24)]
-    lines += [f"{name:<{width}}  {a:>10.4f}  {b:>10.4f}" for name, a, b in rows]
+    lines += [f"{name:<{width}}  {_cell(a)}  {_cell(b)}" for name, a, b in rows]
     hist = metrics["class_histogram"]
     lines.append(f"{'class histogram (0..9)':<{width}}  {' '.join(str(c) for c in hist)}")
     if "label_accuracy" in metrics:
@@ -278,6 +384,7 @@ def format_metrics_table(metrics: dict) -> str:
         lines.append(f"{'  per requested class':<{width}}  "
                      + " ".join(f"{c}:{a:.2f}" for c, a in acc["per_class"].items()))
     lines.append(f"N = {n} samples; 'real' = {n} random MNIST train digits (the FID floor at this N), "
-                 f"NN reference = {mem['num_test_reference']} test digits")
+                 f"NN reference = {mem['num_test_reference']} test digits, precision/recall against "
+                 f"{metrics['precision_recall_reference']}")
     return "\n".join(lines)
 

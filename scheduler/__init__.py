@@ -1,14 +1,21 @@
 """Noise schedules and samplers for DDPM."""
 
 from scheduler.ddim import SPACINGS, DDIMScheduler, ddim_timesteps
+from scheduler.dpm_solver import DPMSolverPlusPlusScheduler, dpm_solver_timesteps
 from scheduler.extract import extract
-from scheduler.linear_noise_scheduler import DiffusionConfig, LinearNoiseScheduler
+from scheduler.linear_noise_scheduler import DiffusionConfig, LinearNoiseScheduler, NoiseScheduler
+from scheduler.respace import RespacedDDPMScheduler, respaced_betas
 
 __all__ = [
     "SPACINGS",
     "DDIMScheduler",
+    "DPMSolverPlusPlusScheduler",
     "DiffusionConfig",
     "LinearNoiseScheduler",
+    "NoiseScheduler",
+    "RespacedDDPMScheduler",
     "ddim_timesteps",
+    "dpm_solver_timesteps",
     "extract",
+    "respaced_betas",
 ]

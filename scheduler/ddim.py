@@ -36,7 +36,7 @@ from __future__ import annotations
 import torch
 
 from scheduler.extract import as_timestep_tensor, extract
-from scheduler.linear_noise_scheduler import LinearNoiseScheduler
+from scheduler.linear_noise_scheduler import NoiseScheduler
 
 SPACINGS = ("trailing", "leading", "linspace")
 
@@ -78,7 +78,7 @@ class DDIMScheduler:
 
     def __init__(
         self,
-        scheduler: LinearNoiseScheduler,
+        scheduler: NoiseScheduler,
         num_steps: int = 50,
         eta: float = 0.0,
         spacing: str = "trailing",
@@ -99,10 +99,7 @@ class DDIMScheduler:
         # Coefficients in float64 from the schedule's definition (the scheduler stores float32), then stored
         # as dense [T] tables indexed by t, so `extract` serves per-sample timesteps; only entries at τ are used.
         f64 = torch.float64
-        cfg = scheduler.config
-        alphas_cumprod = torch.cumprod(
-            1.0 - torch.linspace(cfg.beta_start, cfg.beta_end, cfg.num_timesteps, dtype=f64), dim=0
-        )  # ᾱ_t, as in LinearNoiseScheduler
+        alphas_cumprod = scheduler.alphas_cumprod_float64()  # ᾱ_t
         a_t = alphas_cumprod[self.timesteps]  # ᾱ_τ
         a_prev = torch.where(
             self.prev_timesteps >= 0, alphas_cumprod[self.prev_timesteps.clamp(min=0)], torch.ones((), dtype=f64)

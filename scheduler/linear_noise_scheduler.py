@@ -1,4 +1,5 @@
-"""The linear-β noise schedule of DDPM and its two processes.
+"""DDPM's two processes over a noise schedule (:class:`NoiseScheduler`), and the linear-β schedule the models
+are trained with (:class:`LinearNoiseScheduler`).
 
 Ho, Jain & Abbeel, "Denoising Diffusion Probabilistic Models", 2020 (https://arxiv.org/abs/2006.11239).
 Timesteps are 0-based: index ``t`` in ``[0, T-1]`` is the paper's step ``t + 1``; so ``betas[0]`` is β_1
@@ -9,11 +10,14 @@ Every schedule tensor is computed in float64 and stored once as float32, shape `
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
 
 from scheduler.extract import as_timestep_tensor, extract
+
+MIN_ALPHA_BAR = 1e-30  # ᾱ_T below this leaves float32's normal range once square-rooted and inverted
 
 
 @dataclass(frozen=True)
@@ -38,17 +42,30 @@ class DiffusionConfig:
                 f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end}): "
                 "the linear schedule increases the noise level with t"
             )
+        if self.num_timesteps > 100_000:
+            raise ValueError(f"num_timesteps={self.num_timesteps} is beyond any useful T (the schedule is held in "
+                             "memory; the paper uses 1000)")
+        # log ᾱ_T = Σ log(1 − β_t) of the linear schedule, in float64
+        log_alpha_bar_T = float(torch.log1p(-torch.linspace(self.beta_start, self.beta_end, self.num_timesteps,
+                                                            dtype=torch.float64)).sum())
+        if log_alpha_bar_T < math.log(MIN_ALPHA_BAR):
+            raise ValueError(
+                f"this schedule (T={self.num_timesteps}, β from {self.beta_start} to {self.beta_end}) drives ᾱ_T to "
+                f"exp({log_alpha_bar_T:.0f}), below float32's range: x̂0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t would divide by "
+                "zero and sampling would give NaN. Lower --beta-end or --num-timesteps (the paper: 0.02, 1000)")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class LinearNoiseScheduler:
-    """Forward (q) and reverse (p) steps of DDPM with β_t linear in t.
+class NoiseScheduler:
+    """Forward (q) and reverse (p) steps of DDPM for any β sequence β_1 … β_T.
+
+    The training schedule is :class:`LinearNoiseScheduler`; this base also serves DDPM respaced to fewer steps
+    (:mod:`scheduler.respace`), whose β' are not linear.
 
     Args:
-        num_timesteps: T, the number of diffusion steps.
-        beta_start: β_1. beta_end: β_T. Both in (0, 1), ``beta_start <= beta_end``.
+        betas: β_t, shape ``[T]``, each in (0, 1]; converted to float64 before the tables are derived.
         device: where the schedule tensors live; move them later with :meth:`to`.
         mean_from_clipped_x0: how :meth:`sample_prev_timestep` forms the reverse mean.
             ``False`` (default) — Eq. 11 exactly, μ = (x_t − β_t/√(1−ᾱ_t)·ε_θ)/√α_t, as in the paper's
@@ -58,21 +75,16 @@ class LinearNoiseScheduler:
     """
 
     def __init__(
-        self,
-        num_timesteps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        device: str | torch.device = "cpu",
-        mean_from_clipped_x0: bool = False,
+        self, betas: torch.Tensor, device: str | torch.device = "cpu", mean_from_clipped_x0: bool = False
     ) -> None:
-        self.config = DiffusionConfig(num_timesteps, beta_start, beta_end)
-        self.num_timesteps = num_timesteps
-        self.beta_start = beta_start
-        self.beta_end = beta_end
-        self.mean_from_clipped_x0 = mean_from_clipped_x0
-
         f64 = torch.float64
-        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=f64)  # β_t
+        betas = torch.as_tensor(betas).detach().to(device="cpu", dtype=f64)  # β_t
+        if betas.dim() != 1 or len(betas) < 1 or not bool(((betas > 0) & (betas <= 1)).all()):
+            raise ValueError(f"betas must be a non-empty 1-d sequence of values in (0, 1], got {betas}")
+        self.num_timesteps = len(betas)
+        self.mean_from_clipped_x0 = mean_from_clipped_x0
+        self._betas_float64 = betas
+
         alphas = 1.0 - betas  # α_t = 1 − β_t
         alphas_cumprod = torch.cumprod(alphas, dim=0)  # ᾱ_t = ∏_{s≤t} α_s
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=f64), alphas_cumprod[:-1]])  # ᾱ_{t−1}, ᾱ_0 := 1
@@ -97,27 +109,23 @@ class LinearNoiseScheduler:
         for name, value in schedule.items():
             setattr(self, name, value.to(device=device, dtype=torch.float32))
 
-    @classmethod
-    def from_config(cls, config: DiffusionConfig | dict, **kwargs) -> LinearNoiseScheduler:
-        if isinstance(config, dict):
-            config = DiffusionConfig(**config)
-        return cls(config.num_timesteps, config.beta_start, config.beta_end, **kwargs)
+    def alphas_cumprod_float64(self) -> torch.Tensor:
+        """ᾱ_t as a float64 CPU tensor ``[T]``, recomputed from β (the stored tables are float32), for samplers
+        that derive coefficients of their own (DDIM, DPM-Solver++, respacing)."""
+        return torch.cumprod(1.0 - self._betas_float64, dim=0)
 
     @property
     def device(self) -> torch.device:
         return self.betas.device
 
-    def to(self, device: str | torch.device) -> LinearNoiseScheduler:
+    def to(self, device: str | torch.device) -> NoiseScheduler:
         """Move every schedule tensor to ``device`` (in place) and return ``self``."""
         for name in self._names:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     def __repr__(self) -> str:
-        return (
-            f"LinearNoiseScheduler(num_timesteps={self.num_timesteps}, beta_start={self.beta_start}, "
-            f"beta_end={self.beta_end}, device={self.device})"
-        )
+        return f"NoiseScheduler(num_timesteps={self.num_timesteps}, device={self.device})"
 
     # ------------------------------------------------------------------ forward process q
     def sample_timesteps(
@@ -201,3 +209,39 @@ class LinearNoiseScheduler:
         x_prev = mean + extract(self.posterior_variance, t, x_t).sqrt() * noise.to(x_t.device)
         return x_prev, x0_pred
 
+
+
+class LinearNoiseScheduler(NoiseScheduler):
+    """DDPM with β_t linear in t: the schedule the models are trained with.
+
+    Args:
+        num_timesteps: T, the number of diffusion steps.
+        beta_start: β_1. beta_end: β_T. Both in (0, 1), ``beta_start <= beta_end``.
+        device, mean_from_clipped_x0: as for :class:`NoiseScheduler`.
+    """
+
+    def __init__(
+        self,
+        num_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        device: str | torch.device = "cpu",
+        mean_from_clipped_x0: bool = False,
+    ) -> None:
+        self.config = DiffusionConfig(num_timesteps, beta_start, beta_end)
+        self.beta_start = beta_start
+        self.beta_end = beta_end
+        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)  # β_t
+        super().__init__(betas, device, mean_from_clipped_x0)
+
+    @classmethod
+    def from_config(cls, config: DiffusionConfig | dict, **kwargs) -> LinearNoiseScheduler:
+        if isinstance(config, dict):
+            config = DiffusionConfig(**config)
+        return cls(config.num_timesteps, config.beta_start, config.beta_end, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"LinearNoiseScheduler(num_timesteps={self.num_timesteps}, beta_start={self.beta_start}, "
+            f"beta_end={self.beta_end}, device={self.device})"
+        )

@@ -28,12 +28,18 @@ from evaluation.metrics import (
     compute_metrics,
     effective_num_classes,
     fid_from_features,
+    floor_digits,
     format_metrics_table,
+    fraction_in_manifold,
     frechet_distance,
     gaussian_stats,
+    knn_radii,
     mean_max_prob,
     memorisation_stats,
     nearest_neighbour_l2,
+    pr_reference_indices,
+    precision_recall,
+    row_blocks,
     trace_sqrt_product,
 )
 
@@ -142,6 +148,90 @@ def test_invalid_probabilities_raise():
         classifier_score(np.ones((2, 10)))
 
 
+# ---------------------------------------------------------------------------------------- precision / recall
+def on_a_line(xs: list[float]) -> np.ndarray:
+    """Points (x, 7) in 2-D: every distance is an exact |x − x'|."""
+    return np.array([[x, 7.0] for x in xs])
+
+
+LINE_REAL = on_a_line([0, 1, 2, 10, 11, 20])
+LINE_FAKE = on_a_line([0.5, 3, 6, 10.5, 11.5, 12])
+
+
+def test_knn_radii_on_a_line():
+    np.testing.assert_array_equal(knn_radii(LINE_REAL, 1).numpy(), [1, 1, 1, 1, 1, 9])
+    np.testing.assert_array_equal(knn_radii(LINE_REAL, 2).numpy(), [2, 1, 2, 8, 9, 10])
+    np.testing.assert_array_equal(knn_radii(on_a_line([4, 4, 4, 9]), 1).numpy(), [0, 0, 0, 5])  # duplicates count
+
+
+@pytest.mark.parametrize("k, precision, recall", [
+    # k = 1: real balls [−1, 1], [0, 2], [1, 3], [9, 11], [10, 12], [11, 29]. Fake 3 and 12 sit exactly on a
+    # boundary (inside: the balls are closed); 6 is outside. Fake radii 2.5, 2.5, 3, 1, 0.5, 0.5: real 20 is
+    # 8 from the nearest fake point, outside; every other real point is within 0.5 or 1 of a fake one.
+    (1, 5 / 6, 5 / 6),
+    # k = 2: real radii 2, 1, 2, 8, 9, 10 cover 6 (4 from 10); fake radii 5.5, 3, 4.5, 1.5, 1, 1.5 still miss 20.
+    (2, 1.0, 5 / 6),
+])
+def test_precision_recall_on_a_line(k, precision, recall):
+    assert precision_recall(LINE_REAL, LINE_FAKE, k) == (precision, recall)
+
+
+def test_identical_sets_have_precision_and_recall_one():
+    f = np.random.default_rng(9).normal(size=(300, 16))
+    assert precision_recall(f, f, 3) == (1.0, 1.0)
+
+
+def test_far_away_samples_have_precision_and_recall_zero():
+    f = np.random.default_rng(10).normal(size=(200, 8))
+    assert precision_recall(f, f + 100.0, 3) == (0.0, 0.0)
+
+
+def clusters(centres: np.ndarray, per_cluster: int, rng: np.random.Generator) -> np.ndarray:
+    return np.concatenate([c + rng.normal(size=(per_cluster, centres.shape[1])) for c in centres])
+
+
+def test_half_the_modes_give_recall_one_half():
+    """Ten unit Gaussians 31 apart on a circle of radius 50; samples from five of them are realistic
+    (precision ≈ 1) but cover half the real data (recall ≈ 0.5, and at most 0.5)."""
+    rng = np.random.default_rng(11)
+    angles = 2 * np.pi * np.arange(10) / 10
+    centres = 50 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    real = clusters(centres, 100, rng)
+    precision, recall = precision_recall(real, clusters(centres[:5], 200, rng), 3)
+    assert precision > 0.95 and 0.45 < recall <= 0.5
+    precision, recall = precision_recall(real, clusters(centres, 100, rng), 3)
+    assert precision > 0.9 and recall > 0.9  # all modes: recall ≈ 1
+
+
+def test_blocked_distances_equal_one_block_and_brute_force():
+    rng = np.random.default_rng(12)
+    real, fake = rng.normal(size=(61, 5)), rng.normal(size=(47, 5)) + 0.3
+    whole = precision_recall(real, fake, 3)
+    assert precision_recall(real, fake, 3, max_block=50) == whole  # one row per block
+    d_rr = np.linalg.norm(real[:, None] - real[None], axis=-1)
+    d_ff = np.linalg.norm(fake[:, None] - fake[None], axis=-1)
+    d_fr = np.linalg.norm(fake[:, None] - real[None], axis=-1)
+    r_real, r_fake = np.sort(d_rr, axis=1)[:, 3], np.sort(d_ff, axis=1)[:, 3]
+    np.testing.assert_allclose(knn_radii(real, 3, max_block=200).numpy(), r_real, rtol=1e-12)
+    assert whole == ((d_fr <= r_real[None]).any(1).mean(), (d_fr.T <= r_fake[None]).any(1).mean())
+    assert fraction_in_manifold(fake, real, torch.from_numpy(r_real), max_block=100) == whole[0]
+
+
+def test_blocks_bound_memory():
+    """At N = 10,000 no block of distances exceeds 2^23 float64 entries (64 MiB)."""
+    blocks = list(row_blocks(10_000, 10_000))
+    assert blocks[0] == (0, 838) and blocks[-1][1] == 10_000
+    assert all((stop - start) * 10_000 <= 1 << 23 for start, stop in blocks)
+    assert list(row_blocks(3, 10, max_block=5)) == [(0, 1), (1, 2), (2, 3)]  # a row larger than the budget
+
+
+def test_precision_recall_input_errors():
+    with pytest.raises(ValueError, match=r"k in \[1, N−1\]"):
+        knn_radii(np.zeros((3, 2)), 3)
+    with pytest.raises(ValueError, match="do not fit"):
+        fraction_in_manifold(np.zeros((3, 2)), np.zeros((4, 3)), torch.zeros(4))
+
+
 # ---------------------------------------------------------------------------------------- nearest neighbours
 def test_nearest_neighbour_matches_brute_force():
     rng = np.random.default_rng(5)
@@ -197,10 +287,28 @@ def test_compute_metrics_plumbing(stand_in_classifier, fake_mnist):
     assert m["fid"] >= 0 and m["fid_real_floor"] >= 0
     assert 1.0 <= m["classifier_score"] <= 10.0 and 0.1 <= m["mean_max_prob"] <= 1.0
     assert m["memorisation"]["num_test_reference"] == 50
+    assert all(0.0 <= m[key] <= 1.0 for key in ("precision", "recall", "precision_real", "recall_real"))
+    assert m["precision_recall_reference"] == "40 MNIST test digits, k = 3"
     json.dumps(m)  # JSON-ready
     assert compute_metrics(samples, stand_in_classifier, train, test, config) == m  # deterministic
     table = format_metrics_table(m)
     assert "classifier-FID" in table and f"{m['fid']:.4f}" in table
+    assert f"{m['precision']:.4f}" in table and f"{m['recall_real']:.4f}" in table
+
+
+def test_precision_recall_in_compute_metrics(stand_in_classifier, fake_mnist):
+    """Samples that are the test digits themselves get precision = recall = 1 against those same digits; the
+    'real' column scores the FID floor's training digits against them."""
+    train, test = fake_mnist
+    samples = test[pr_reference_indices(len(test), 60, MetricsConfig().seed)]
+    m = compute_metrics(samples, stand_in_classifier, train, test, MetricsConfig(nn_reference_size=20))
+    assert (m["precision"], m["recall"]) == (1.0, 1.0)
+    feats = lambda images: classify_uint8(stand_in_classifier, torch.from_numpy(images))[0]  # noqa: E731
+    floor = floor_digits(train, 60, MetricsConfig().seed)
+    assert (m["precision_real"], m["recall_real"]) == precision_recall(feats(samples), feats(floor), 3)
+    small = compute_metrics(samples[:3], stand_in_classifier, train, test, MetricsConfig(nn_reference_size=20))
+    assert small["precision"] is None and small["recall_real"] is None  # N <= k: not defined
+    assert "precision" in format_metrics_table(small)
 
 
 def test_copies_of_training_digits_are_flagged(stand_in_classifier, fake_mnist):

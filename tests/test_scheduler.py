@@ -259,3 +259,13 @@ def test_reverse_step_statistics(sched):
     var = sched.posterior_variance[t].item()
     assert x_prev.mean().item() == pytest.approx(mu, abs=4 * (var / 200_000) ** 0.5)
     assert x_prev.var().item() == pytest.approx(var, rel=0.02)
+
+
+@pytest.mark.parametrize("T, beta_end, ok", [(1000, 0.02, True), (1000, 0.1, True), (1000, 0.3, False),
+                                              (100_000, 0.02, False)])
+def test_a_schedule_whose_alpha_bar_underflows_is_refused(T, beta_end, ok):
+    if ok:
+        DiffusionConfig(T, 1e-4, beta_end)
+        return
+    with pytest.raises(ValueError, match="Lower --beta-end or --num-timesteps"):
+        DiffusionConfig(T, 1e-4, beta_end)

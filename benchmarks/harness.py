@@ -1,8 +1,11 @@
 """Shared pieces of the benchmarks: the diffusers baseline matched to a preset, FLOP counting, the
-CPU's matmul throughput and peak-memory sampling. Benchmarks print tables; none is a test."""
+CPU's matmul throughput, peak-memory sampling, and the sampler specs and timed, reusable sample draws of the
+sampling benchmarks. Benchmarks print tables; none is a test."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import re
 import sys
@@ -10,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +21,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from models import UNet  # noqa: E402
+from sampling import SamplerConfig, load_samples_npz, model_eps_fn, sample_images, save_samples_npz, to_uint8  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 # diffusers' UNet2DModel with the same layout as our `small` (28 → 14 → 7, attention only at 7×7) and
 # block widths chosen so its parameter count is within 10% of small's (686,769 vs 639,073). Earlier smalls
@@ -155,3 +162,54 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
         print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
+
+
+# ---------------------------------------------------------------------------------------- sampling benchmarks
+SAMPLER_SPEC = ("ddpm (all T steps), ddpm:<steps> (respaced), ddim:<steps>[:<eta>] or dpm-solver++:<steps>, "
+                "each optionally @<max samples>")
+
+
+def parse_sampler(spec: str) -> tuple[SamplerConfig, int | None]:
+    """``ddpm`` | ``ddpm:<steps>`` | ``ddim:<steps>[:<eta>]`` | ``dpm-solver++:<steps>``, optionally ``@<max N>``
+    → (config, cap or None). The cap limits how many images that sampler draws, e.g. ``ddpm@1000``."""
+    body, _, cap = spec.partition("@")
+    name, *params = body.split(":")
+    try:
+        max_n = int(cap) if cap else None
+        if max_n is not None and max_n < 2:
+            raise ValueError("the @ cap must be >= 2")
+        if name == "ddpm" and len(params) <= 1:
+            return SamplerConfig("ddpm", int(params[0]) if params else None), max_n
+        if name == "ddim" and len(params) in (1, 2):
+            return SamplerConfig("ddim", int(params[0]), float(params[1]) if len(params) == 2 else 0.0), max_n
+        if name == "dpm-solver++" and len(params) == 1:
+            return SamplerConfig("dpm-solver++", int(params[0])), max_n
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"bad sampler {spec!r}: {err}") from None
+    raise argparse.ArgumentTypeError(f"bad sampler {spec!r}; use {SAMPLER_SPEC}")
+
+
+def draw_or_reuse(model: torch.nn.Module, scheduler, config: SamplerConfig, n: int, *, seed: int, batch_size: int,
+                  out_dir: Path, ckpt_sha: str, reuse: bool = False) -> tuple[np.ndarray, dict]:
+    """Draw ``n`` uint8 samples with ``config`` (timed) and save them to ``<out_dir>/samples_<label>.npz``; with
+    ``reuse``, take them and their recorded speed from that file instead when it holds >= n samples of the same
+    checkpoint and seed. Returns ``(images [n', 28, 28], metadata)``, n' >= n."""
+    label = config.describe(scheduler.num_timesteps)
+    path = Path(out_dir) / f"samples_{label}.npz"
+    if reuse and path.is_file():
+        images, meta = load_samples_npz(path)
+        if meta.get("checkpoint_sha256") == ckpt_sha and meta.get("seed") == seed and len(images) >= n:
+            logger.info("%s: reusing %d samples from %s", label, len(images), path)
+            return images, meta
+    start = time.perf_counter()
+    result = sample_images(model_eps_fn(model), scheduler, n, config, image_shape=(model.config.im_channels, 28, 28),
+                           batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+                           device=scheduler.device)
+    seconds = time.perf_counter() - start
+    meta = {"checkpoint_sha256": ckpt_sha, "seed": seed, "sampler": label, "sampler_config": config.to_dict(),
+            "num_function_evals": result.num_function_evals, "seconds": seconds, "images_per_second": n / seconds,
+            "device": str(scheduler.device), "threads": torch.get_num_threads(), "batch_size": batch_size}
+    images = to_uint8(result.images)
+    save_samples_npz(images, path, meta)
+    logger.info("%s: %d samples in %.0f s (%.2f images/s)", label, n, seconds, n / seconds)
+    return images, meta
