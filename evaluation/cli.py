@@ -3,6 +3,8 @@
     python main.py --eval-ddpm-model                                  # the shipped checkpoints/mnist_small.pth
     python main.py --eval-ddpm-model --ckpt-file runs/mnist_ddpm/test_001.pth --num-samples 100 --num-grid-rows 10
     python main.py --eval-ddpm-model --sampler ddim --sample-steps 50 --eta 0.0 --metrics --num-samples 1000
+    python main.py --eval-ddpm-model --sampler dpm-solver++ --sample-steps 20 --metrics --num-samples 1000
+    python main.py --eval-ddpm-model --sampler ddpm --sample-steps 250     # DDPM respaced to 250 steps
 
 The model is rebuilt from the checkpoint alone (EMA weights unless ``--no-ema``). Output folder: ``--task-name``
 if given; otherwise the checkpoint's own folder (so ``runs/mnist_ddpm/test_001.pth`` writes next to its
@@ -32,6 +34,11 @@ from dataset.paths import REPO_ROOT
 from evaluation.classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from evaluation.metrics import MetricsConfig, compute_metrics, format_metrics_table, load_mnist_reference
 from sampling import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    SAMPLERS,
+    NonFiniteSamplesError,
     SamplerConfig,
     class_conditional_eps_fns,
     labels_in_rows,
@@ -53,22 +60,29 @@ DEFAULT_EVAL_ROOT = Path("runs") / "eval"
 EXIT_OK, EXIT_USER_ERROR = 0, 2
 MAX_METRIC_SAMPLES = 60_000  # MNIST training digits available for the FID floor
 TRAIN_HINT = "python main.py --train-ddpm-model --task-name runs/mnist_ddpm"
-# Classifier-free guidance scale used when --guidance-scale is not given: the best label accuracy / FID
-# trade-off measured for the shipped conditional checkpoint (README, "Class-conditional generation").
-DEFAULT_GUIDANCE_SCALE = 2.0
 GUIDANCE_SCALE = types.number(float, 0, 50, hint=" (0: unconditional, 1: conditional, >1: guided)")
 ETA = types.number(float, 0, 1, hint=" (0: deterministic DDIM, 1: DDPM-like)")
 
 
 # ---------------------------------------------------------------------------------------------- value types
-def _label_list(text: str) -> list[int]:
-    try:
-        labels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of class labels") from None
-    if not labels or min(labels) < 0:
-        raise argparse.ArgumentTypeError(f"need class labels >= 0 such as 0,1,2, got {text!r}")
+def _label_list(text: str) -> list[str]:
+    """Class names (the training data's folder names, e.g. 7 or cat), comma-separated; resolved against the
+    checkpoint by :func:`class_indices`."""
+    labels = [part.strip() for part in text.split(",") if part.strip()]
+    if not labels:
+        raise argparse.ArgumentTypeError(f"need class names such as 0,1,2, got {text!r}")
     return labels
+
+
+def class_indices(requested: list[str], class_names: list[str] | None, num_classes: int) -> list[int]:
+    """Label indices of ``requested`` class names. ``class_names`` are the training folders in label order
+    (stored in the checkpoint); checkpoints without them know their classes as 0 … num_classes − 1."""
+    names = class_names or [str(i) for i in range(num_classes)]
+    unknown = [r for r in requested if r not in names]
+    if unknown:
+        raise ValueError(f"class {', '.join(unknown)} does not exist: this model knows the classes "
+                         f"{', '.join(names)}")
+    return [names.index(r) for r in requested]
 
 
 # ---------------------------------------------------------------------------------------------- flags
@@ -85,16 +99,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-ema", dest="use_ema", action="store_false", help="sample with the raw training weights")
     g.add_argument("--num-samples", type=types.positive_int, default=100, help="images to draw")
     g.add_argument("--num-grid-rows", type=types.positive_int, default=10, help="rows of samples/grid.png")
-    g.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm",
-                   help="ddpm: ancestral sampling over all T steps; ddim: Song et al. (2021) over --sample-steps")
+    g.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+                   help="ddpm: ancestral sampling (Ho et al. 2020), over all T steps or respaced to --sample-steps "
+                        "(Nichol & Dhariwal 2021); ddim: Song et al. (2021); dpm-solver++: DPM-Solver++(2M), "
+                        f"Lu et al. (2022). Default {DEFAULT_SAMPLER}")
     g.add_argument("--sample-steps", type=types.positive_int, default=None,
-                   help="DDIM steps in [1, T] (default 50); DDPM always takes T")
+                   help="network calls per image: ddpm in [1, T] (default T, the full chain), ddim in [1, T] "
+                        f"(default {DEFAULT_STEPS['ddim']}), dpm-solver++ in [1, T-1] "
+                        f"(default {DEFAULT_STEPS['dpm-solver++']})")
     g.add_argument("--eta", type=ETA, default=None,
                    help="DDIM η in [0, 1]: 0 deterministic (default), 1 DDPM-like noise")
-    g.add_argument("--ddim-spacing", choices=SPACINGS, default="trailing",
-                   help="how DDIM picks its timesteps (see scheduler/ddim.py)")
+    g.add_argument("--ddim-spacing", choices=SPACINGS, default=None,
+                   help="how DDIM and respaced DDPM pick their timesteps (default trailing; see scheduler/ddim.py)")
     g.add_argument("--no-clip-x0", dest="clip_x0", action="store_false",
-                   help="DDIM: do not clamp x̂0 to [-1, 1] (Eq. 12 verbatim)")
+                   help="DDIM and DPM-Solver++: do not clamp x̂0 to [-1, 1] (DDIM: Eq. 12 verbatim; "
+                        "DPM-Solver++: no thresholding, as diffusers' default)")
     g.add_argument("--save-trajectory", action="store_true",
                    help="also write samples/trajectory.gif of x_t and x̂0 along the chain (first 16 samples)")
     g.add_argument("--trajectory-frames", type=types.positive_int, default=40, help="frames in the trajectory GIF")
@@ -105,7 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="test digits whose nearest-training-digit distances set the memorisation threshold")
     labels = g.add_mutually_exclusive_group()
     labels.add_argument("--label", type=_label_list, default=None, metavar="CLASS",
-                        help="class-conditional checkpoints: draw every sample as this class (e.g. 7)")
+                        help="class-conditional checkpoints: draw every sample as this class, named like its "
+                             "training folder (e.g. 7)")
     labels.add_argument("--labels", type=_label_list, default=None, metavar="C1,C2,...",
                         help="class-conditional checkpoints: these classes in equal consecutive blocks, one "
                              "grid row each (default: every class in turn)")
@@ -128,12 +148,23 @@ def output_dir(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pat
 
 
 def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SamplerConfig:
-    if args.sampler == "ddpm":
-        if args.eta is not None:
-            parser.error("--eta only applies to --sampler ddim (DDPM's reverse variance is fixed to β̃_t)")
-        return SamplerConfig("ddpm", num_steps=args.sample_steps)
-    return SamplerConfig("ddim", args.sample_steps, 0.0 if args.eta is None else args.eta, args.ddim_spacing,
-                         args.clip_x0)
+    """The :class:`SamplerConfig` the flags ask for; flags that do not apply to --sampler are errors."""
+    name = args.sampler
+    if args.eta is not None and name != "ddim":
+        why = ("DDPM's reverse variance is fixed to β̃_t" if name == "ddpm"
+               else "DPM-Solver++(2M) is a deterministic ODE solver")
+        parser.error(f"--eta only applies to --sampler ddim ({why})")
+    if args.ddim_spacing is not None and name == "dpm-solver++":
+        parser.error("--ddim-spacing does not apply to --sampler dpm-solver++ (it uses diffusers' linspace "
+                     "timesteps; see scheduler/dpm_solver.py)")
+    if not args.clip_x0 and name == "ddpm":
+        parser.error("--no-clip-x0 applies to --sampler ddim and dpm-solver++; DDPM's step forms its mean from ε "
+                     "(Eq. 11) and clamps only the x̂0 it reports")
+    try:
+        return SamplerConfig(name, args.sample_steps, 0.0 if args.eta is None else args.eta,
+                             args.ddim_spacing or SamplerConfig.spacing, args.clip_x0)
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def _display(path: Path) -> str:
@@ -196,9 +227,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     requested = guidance = None
     if conditional:
         num_classes = model.config.num_classes
-        classes = args.label or args.labels or list(range(num_classes))
-        if max(classes) >= num_classes:
-            logger.error("class %d does not exist: this model knows classes 0..%d", max(classes), num_classes - 1)
+        try:
+            classes = (class_indices(args.label or args.labels, ckpt.get("class_names"), num_classes)
+                       if args.label or args.labels else list(range(num_classes)))
+        except ValueError as err:
+            logger.error("%s", err)
             return EXIT_USER_ERROR
         requested = labels_in_rows(classes, args.num_samples)
         guidance = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
@@ -215,13 +248,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # ------------------------------------------------------------------ sample
     generator = torch.Generator().manual_seed(args.seed)  # CPU: the same noise on every device
     num_traj = min(16, args.num_samples)
+    size = model.config.image_size or 28  # checkpoints from before the size was recorded are MNIST
     start = time.perf_counter()
-    result = sample_images(
-        eps_fn, scheduler, args.num_samples, config,
-        image_shape=(model.config.im_channels, 28, 28), batch_size=args.batch_size, generator=generator,
-        device=device, trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
-        trajectory_images=num_traj, batch_eps_fn=batch_eps_fn,
-    )
+    try:
+        result = sample_images(
+            eps_fn, scheduler, args.num_samples, config,
+            image_shape=(model.config.im_channels, size, size), batch_size=args.batch_size, generator=generator,
+            device=device, trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
+            trajectory_images=num_traj, batch_eps_fn=batch_eps_fn,
+        )
+    except NonFiniteSamplesError as err:
+        logger.error("%s: %s", ckpt_path, err)
+        return EXIT_USER_ERROR
     seconds = time.perf_counter() - start
     logger.info("%d samples in %.1f s (%.2f images/s)", args.num_samples, seconds, args.num_samples / seconds)
 

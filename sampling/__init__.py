@@ -1,6 +1,6 @@
 """Drawing images from a trained DDPM: the sampling loops and the files they write."""
 
-from sampling.guidance import class_conditional_eps_fns, guided_eps_fn, labels_in_rows
+from sampling.guidance import DEFAULT_GUIDANCE_SCALE, class_conditional_eps_fns, guided_eps_fn, labels_in_rows
 from sampling.images import (
     load_samples_npz,
     make_grid,
@@ -10,8 +10,11 @@ from sampling.images import (
     to_uint8,
 )
 from sampling.sampler import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
     SAMPLERS,
     EpsFn,
+    NonFiniteSamplesError,
     SamplerConfig,
     SampleResult,
     Trajectory,
@@ -22,8 +25,12 @@ from sampling.sampler import (
 )
 
 __all__ = [
+    "DEFAULT_GUIDANCE_SCALE",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
     "SAMPLERS",
     "EpsFn",
+    "NonFiniteSamplesError",
     "SampleResult",
     "SamplerConfig",
     "Trajectory",

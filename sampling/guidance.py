@@ -19,6 +19,10 @@ from torch import nn
 
 from sampling.sampler import EpsFn
 
+# Classifier-free guidance scale used when none is given: the best label accuracy / FID trade-off measured for
+# the shipped conditional checkpoint (README, "Class-conditional generation").
+DEFAULT_GUIDANCE_SCALE = 2.0
+
 
 def guided_eps_fn(model: nn.Module, labels: torch.Tensor, guidance_scale: float) -> EpsFn:
     """The guided noise predictor for a batch whose samples have class ``labels [B]``.

@@ -34,20 +34,18 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def make_grid(images: np.ndarray, num_rows: int, padding: int = 2, pad_value: int = 0) -> np.ndarray:
-    """Tile uint8 ``[N, H, W]`` images into ``num_rows`` rows of ⌈N / num_rows⌉ columns (row-major).
-
-    Empty cells and the ``padding`` pixels between and around tiles are ``pad_value``.
+    """Tile uint8 ``[N, H, W]`` (or RGB ``[N, H, W, 3]``) images into ``num_rows`` rows of ⌈N / num_rows⌉ columns
+    (row-major). Empty cells and the ``padding`` pixels between and around tiles are ``pad_value``.
     """
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
+    if images.ndim not in (3, 4) or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images [N, H, W] or [N, H, W, C], got {images.dtype} {images.shape}")
     if isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < 1:
         raise ValueError(f"num_rows must be a positive int, got {num_rows!r}")
-    n, h, w = images.shape
+    n, h, w = images.shape[:3]
     num_rows = min(num_rows, max(n, 1))
     num_cols = max(math.ceil(n / num_rows), 1)
-    grid = np.full(
-        (num_rows * (h + padding) + padding, num_cols * (w + padding) + padding), pad_value, dtype=np.uint8
-    )
+    grid = np.full((num_rows * (h + padding) + padding, num_cols * (w + padding) + padding, *images.shape[3:]),
+                   pad_value, dtype=np.uint8)
     for k in range(n):
         r, c = divmod(k, num_cols)
         top, left = padding + r * (h + padding), padding + c * (w + padding)
@@ -56,7 +54,7 @@ def make_grid(images: np.ndarray, num_rows: int, padding: int = 2, pad_value: in
 
 
 def save_grid_png(images: torch.Tensor | np.ndarray, path: str | Path, num_rows: int, scale: int = 1) -> Path:
-    """Save a grid of images (model-space tensor or uint8 array) as a grayscale PNG, upscaled by ``scale``."""
+    """Save a grid of images (model-space tensor or uint8 array) as a grayscale or RGB PNG, upscaled by ``scale``."""
     u8 = to_uint8(images) if isinstance(images, torch.Tensor) else images
     grid = make_grid(u8, num_rows)
     path = Path(path)

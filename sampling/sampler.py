@@ -1,4 +1,5 @@
-"""Batched sampling loops: DDPM ancestral sampling over all T steps, and DDIM over a strided subsequence.
+"""Batched sampling loops: DDPM ancestral sampling (over all T steps or respaced to fewer), DDIM, and
+DPM-Solver++(2M).
 
 Sampling is scheduler + noise predictor and nothing else. The noise predictor is any callable
 
@@ -12,10 +13,13 @@ the predictor depends on *which* samples are in the batch (per-sample class labe
     batch_eps_fn = class_conditional_eps_fns(model, labels, guidance_scale=w)
     sample_images(None, scheduler, len(labels), config, batch_eps_fn=batch_eps_fn)
 
-Both samplers run one shared chain (:func:`run_chain`): start from x_T ~ N(0, I), then for each timestep
+Every sampler runs one shared chain (:func:`run_chain`): start from x_T ~ N(0, I), then for each timestep
 of the sampler's sequence call ``eps_fn`` and the scheduler's step, ``(x_prev, x0_pred) = step(x_t, ε̂, t,
-generator)``. That signature is shared by :meth:`LinearNoiseScheduler.sample_prev_timestep` (DDPM,
-Algorithm 2) and :meth:`DDIMScheduler.step` (Eq. 12 of Song et al.).
+generator)``. That signature is shared by :meth:`NoiseScheduler.sample_prev_timestep` (DDPM, Algorithm 2),
+:meth:`RespacedDDPMScheduler.step` (the same step on a respaced schedule; ``t`` stays the original timestep,
+so the model sees the timesteps it was trained on), :meth:`DDIMScheduler.step` (Eq. 12 of Song et al.) and
+:meth:`DPMSolverPlusPlusScheduler.step` (multistep: it keeps the previous x̂0, and starts afresh at the first
+timestep of every chain, i.e. every batch).
 
 Randomness: all noise (x_T and each step's z) comes from the one ``generator`` in a fixed order, batch by
 batch, so a run repeats exactly for the same (seed, num_samples, batch_size, sampler settings) on the same
@@ -30,16 +34,28 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
-from scheduler import DDIMScheduler, LinearNoiseScheduler
+from common.progress import progress_bar
+from scheduler import (
+    SPACINGS,
+    DDIMScheduler,
+    DPMSolverPlusPlusScheduler,
+    NoiseScheduler,
+    RespacedDDPMScheduler,
+)
 
 logger = logging.getLogger(__name__)
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
+# Steps when SamplerConfig.num_steps is None, capped at the sampler's maximum; None for DDPM means all T steps.
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
+# What --eval-ddpm-model and the end of every training run draw with when no sampler is named: the best
+# quality per second measured by benchmarks/bench_samplers.py (benchmarks/RESULTS.md, README "Sampling").
+DEFAULT_SAMPLER = "dpm-solver++"
 
 
 @dataclass(frozen=True)
@@ -47,13 +63,18 @@ class SamplerConfig:
     """Which reverse process to run.
 
     Attributes:
-        name: ``"ddpm"`` — ancestral sampling over all T steps (``num_steps`` must be None or T, ``eta``
-            is unused); ``"ddim"`` — Eq. 12 of Song et al. over ``num_steps`` steps.
-        num_steps: S for DDIM (None → 50, capped at T); must be None or T for DDPM.
-        eta: DDIM's η in [0, 1] (0 = deterministic).
-        spacing: DDIM's timestep subsequence (``trailing``/``leading``/``linspace``; see scheduler/ddim.py).
-        clip_x0: DDIM only — clamp x̂0 to [−1, 1] and re-derive ε (DDPM's clamping is the scheduler's own
-            ``mean_from_clipped_x0`` choice).
+        name: ``"ddpm"`` — ancestral sampling (Algorithm 2), over all T steps or respaced to ``num_steps``
+            (Nichol & Dhariwal 2021, scheduler/respace.py); ``"ddim"`` — Eq. 12 of Song et al. over
+            ``num_steps`` steps; ``"dpm-solver++"`` — DPM-Solver++(2M) over ``num_steps`` steps
+            (scheduler/dpm_solver.py).
+        num_steps: S, the network calls per image, in [1, T] (DPM-Solver++: [1, T−1]). None →
+            :data:`DEFAULT_STEPS` (DDPM: T, DDIM: 50, DPM-Solver++: 20, capped at that maximum); DDPM with S = T
+            is the full chain.
+        eta: DDIM's η in [0, 1] (0 = deterministic); must stay 0 for the other samplers.
+        spacing: which S timesteps DDIM and respaced DDPM visit (``trailing``/``leading``/``linspace``; see
+            scheduler/ddim.py). DPM-Solver++ always uses diffusers' rule (scheduler/dpm_solver.py).
+        clip_x0: DDIM and DPM-Solver++ — clamp x̂0 to [−1, 1] (DDIM also re-derives ε from it). DDPM's
+            clamping is the scheduler's own ``mean_from_clipped_x0`` choice.
     """
 
     name: str = "ddpm"
@@ -73,26 +94,36 @@ class SamplerConfig:
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if self.name == "ddpm" and self.eta != 0.0:
             raise ValueError("eta only applies to DDIM; DDPM's reverse variance is fixed to β̃_t (use --sampler ddim)")
+        if self.name == "dpm-solver++" and self.eta != 0.0:
+            raise ValueError("eta only applies to DDIM; DPM-Solver++(2M) is a deterministic ODE solver")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown timestep spacing {self.spacing!r}; choose one of {SPACINGS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def describe(self, num_timesteps: int) -> str:
-        """A short label, e.g. ``ddpm-1000`` or ``ddim-50-eta0``; raises ValueError if the steps don't fit T."""
+        """A short label: ``ddpm-1000`` (full), ``ddpm-250`` (respaced), ``ddim-50-eta0``, ``dpm-solver++-20``.
+
+        Raises ValueError if the steps don't fit T.
+        """
         steps = self.resolved_steps(num_timesteps)
-        return f"ddpm-{steps}" if self.name == "ddpm" else f"ddim-{steps}-eta{self.eta:g}"
+        if self.name == "ddim":
+            return f"ddim-{steps}-eta{self.eta:g}"
+        return f"{self.name}-{steps}"
 
     def resolved_steps(self, num_timesteps: int) -> int:
-        if self.name == "ddpm":
-            if self.num_steps not in (None, num_timesteps):
-                raise ValueError(
-                    f"DDPM ancestral sampling always takes all T={num_timesteps} steps, got num_steps="
-                    f"{self.num_steps}; use the DDIM sampler for fewer steps"
-                )
-            return num_timesteps
-        steps = min(50, num_timesteps) if self.num_steps is None else self.num_steps
-        if steps > num_timesteps:
-            raise ValueError(f"DDIM num_steps must lie in [1, T={num_timesteps}], got {steps}")
+        """S, the number of steps (network calls per image) for a schedule of ``num_timesteps`` = T steps."""
+        # DPM-Solver++'s S + 1 rounded linspace points repeat one for S = T, so it takes at most T − 1 steps.
+        T = num_timesteps
+        max_steps, bound = (max(T - 1, 1), f"T-1={T - 1}") if self.name == "dpm-solver++" else (T, f"T={T}")
+        default = DEFAULT_STEPS[self.name]
+        if self.num_steps is not None:
+            steps = self.num_steps
+        else:
+            steps = max_steps if default is None else min(default, max_steps)
+        if steps > max_steps:
+            raise ValueError(f"{self.name} num_steps must lie in [1, {bound}], got {steps}")
         return steps
 
 
@@ -123,16 +154,23 @@ def model_eps_fn(model: nn.Module) -> EpsFn:
     return lambda x_t, t: model(x_t, t)
 
 
-def make_stepper(
-    scheduler: LinearNoiseScheduler, config: SamplerConfig
-) -> tuple[torch.Tensor, StepFn]:
-    """The descending timesteps a sampler visits, and its step function ``(x_t, ε̂, t, generator) → (x_prev, x̂0)``."""
+def make_stepper(scheduler: NoiseScheduler, config: SamplerConfig) -> tuple[torch.Tensor, StepFn]:
+    """The descending timesteps a sampler visits, and its step function ``(x_t, ε̂, t, generator) → (x_prev, x̂0)``.
+
+    The timesteps are the original ones (those the model is called with) for every sampler.
+    """
     T = scheduler.num_timesteps
     steps = config.resolved_steps(T)
     if config.name == "ddpm":
-        return torch.arange(T - 1, -1, -1), scheduler.sample_prev_timestep
-    ddim = DDIMScheduler(scheduler, steps, config.eta, config.spacing, config.clip_x0)
-    return ddim.timesteps.cpu(), ddim.step
+        if steps == T:  # the full chain: DDPM's own step on its own schedule
+            return torch.arange(T - 1, -1, -1), scheduler.sample_prev_timestep
+        respaced = RespacedDDPMScheduler(scheduler, steps, config.spacing)
+        return respaced.timesteps.cpu(), respaced.step
+    if config.name == "ddim":
+        ddim = DDIMScheduler(scheduler, steps, config.eta, config.spacing, config.clip_x0)
+        return ddim.timesteps.cpu(), ddim.step
+    dpm = DPMSolverPlusPlusScheduler(scheduler, steps, clip_x0=config.clip_x0)
+    return dpm.timesteps.cpu(), dpm.step
 
 
 def _frame_positions(num_steps: int, num_frames: int) -> set[int]:
@@ -160,7 +198,7 @@ def run_chain(
     ``x0`` is clamped to [−1, 1]. ``progress`` may be a tqdm bar to advance (by one per step), or True for
     a bar of its own.
     """
-    bar = progress if isinstance(progress, tqdm) else tqdm(
+    bar = progress if isinstance(progress, tqdm) else progress_bar(
         total=len(timesteps), desc="sampling", unit="step", disable=not progress, leave=False
     )
     capture = _frame_positions(len(timesteps), trajectory_frames)
@@ -168,10 +206,12 @@ def run_chain(
     frames_x: list[torch.Tensor] = []
     frames_x0: list[torch.Tensor] = []
     x = x_T
+    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # first step giving NaN/inf, on the device
     for i, t in enumerate(timesteps.tolist()):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         eps = eps_fn(x, t_batch)
         x_prev, x0_pred = step(x, eps, t_batch, generator=generator)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x_prev).all(), i, first_bad)  # no sync
         if i in capture:
             frames_t.append(t)
             frames_x.append(x[:trajectory_images].float().cpu())
@@ -180,6 +220,11 @@ def run_chain(
         bar.update(1)
     if not isinstance(progress, tqdm):
         bar.close()
+    if (i_bad := int(first_bad)) >= 0:
+        raise NonFiniteSamplesError(
+            f"sampling produced NaN/inf at step {i_bad + 1} of {len(timesteps)} (t = {int(timesteps[i_bad])}): the "
+            "model's ε̂ or the schedule is broken (a diverged checkpoint, or a β schedule whose ᾱ underflows); "
+            "nothing was written")
     x = x.clamp(-1.0, 1.0)
     trajectory = None
     if capture:
@@ -190,6 +235,10 @@ def run_chain(
     return x, trajectory
 
 
+class NonFiniteSamplesError(ValueError):
+    """The reverse chain produced NaN or inf; saving the images would write black squares without a word."""
+
+
 def draw_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
     """x_T ~ N(0, I) drawn on the generator's device, then moved to ``device``."""
     gen_device = generator.device if generator is not None else device
@@ -198,7 +247,7 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator | None, device
 
 def sample_images(
     eps_fn: EpsFn | None,
-    scheduler: LinearNoiseScheduler,
+    scheduler: NoiseScheduler,
     num_samples: int,
     config: SamplerConfig | None = None,
     *,
@@ -245,7 +294,7 @@ def sample_images(
                 num_samples, label, num_batches, batch_size, device)
 
     images, trajectory = [], None
-    bar = tqdm(total=num_batches * len(timesteps), desc=label, unit="step", disable=not progress)
+    bar = progress_bar(total=num_batches * len(timesteps), desc=label, unit="step", disable=not progress)
     with bar, torch.inference_mode():
         for b in range(num_batches):
             start = b * batch_size

@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 import main
+import sampling
 from evaluation import cli as eval_cli
 from evaluation.classifier import ClassifierConfig, MNISTClassifier, save_classifier
 from models import UNet
-from sampling import load_samples_npz
+from sampling import SamplerConfig, load_samples_npz
 from scheduler import DiffusionConfig
 
 T = 20
@@ -48,10 +49,18 @@ def read_samples(folder: Path) -> np.ndarray:
 def test_flags_join_the_main_parser_without_clashes():
     args = main.build_parser().parse_args(["--eval-ddpm-model"])
     assert args.ckpt_file == eval_cli.DEFAULT_CKPT and args.num_samples == 100 and args.num_grid_rows == 10
-    assert args.sampler == "ddpm" and args.sample_steps is None and args.eta is None and args.use_ema
-    assert not args.metrics and not args.save_trajectory and args.clip_x0
+    assert args.sampler == sampling.DEFAULT_SAMPLER and args.sample_steps is None and args.eta is None
+    assert not args.metrics and not args.save_trajectory and args.clip_x0 and args.use_ema
     args = main.build_parser().parse_args(["--sampler", "ddim", "--sample-steps", "5", "--eta", "1", "--no-ema"])
     assert (args.sampler, args.sample_steps, args.eta, args.use_ema) == ("ddim", 5, 1.0, False)
+    args = main.build_parser().parse_args(["--sampler", "dpm-solver++", "--no-clip-x0"])
+    assert eval_cli.sampler_config(args, main.build_parser()) == SamplerConfig("dpm-solver++", clip_x0=False)
+
+
+def test_default_sampler_is_one_constant():
+    parser = main.build_parser()
+    config = eval_cli.sampler_config(parser.parse_args(["--eval-ddpm-model"]), parser)
+    assert config == SamplerConfig(sampling.DEFAULT_SAMPLER)
 
 
 @pytest.mark.parametrize("flags", [["--num-samples", "0"], ["--eta", "1.5"], ["--eta", "nan"], ["--eta", "x"],
@@ -89,15 +98,27 @@ def test_seed_repeats_and_ema_flag_matters(ckpt_file, tmp_path):
     assert not np.array_equal(a, c) and not np.array_equal(a, raw)
 
 
-def test_ddpm_runs_all_T_steps(ckpt_file, tmp_path):
-    assert run_eval("--ckpt-file", str(ckpt_file), "--task-name", str(tmp_path), "--num-samples", "2") == 0
-    assert load_samples_npz(tmp_path / "samples" / "samples.npz")[1]["sampler"]["num_function_evals"] == T
+@pytest.mark.parametrize("flags, label, nfe", [
+    (["--sampler", "ddpm"], f"ddpm-{T}", T),
+    (["--sampler", "ddpm", "--sample-steps", "5"], "ddpm-5", 5),
+    (["--sampler", "ddpm", "--sample-steps", "4", "--ddim-spacing", "linspace"], "ddpm-4", 4),
+    (["--sampler", "dpm-solver++", "--sample-steps", "5"], "dpm-solver++-5", 5),
+    (["--sampler", "dpm-solver++"], f"dpm-solver++-{T - 1}", T - 1),  # the default 20, capped at T − 1
+])
+def test_sampler_runs_record_label_and_function_evals(ckpt_file, tmp_path, flags, label, nfe):
+    assert run_eval("--ckpt-file", str(ckpt_file), "--task-name", str(tmp_path), "--num-samples", "2", *flags) == 0
+    meta = load_samples_npz(tmp_path / "samples" / "samples.npz")[1]["sampler"]
+    assert (meta["label"], meta["num_function_evals"]) == (label, nfe)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--sampler", "ddim", "--sample-steps", str(T + 1)], f"T={T}"),
-    (["--sample-steps", "5"], "all T=20 steps"),
-    (["--eta", "0.5"], "--eta only applies to --sampler ddim"),
+    (["--sampler", "ddpm", "--sample-steps", str(T + 1)], f"T={T}"),
+    (["--sampler", "dpm-solver++", "--sample-steps", str(T)], f"T-1={T - 1}"),
+    (["--sampler", "ddpm", "--eta", "0.5"], "--eta only applies to --sampler ddim (DDPM"),
+    (["--sampler", "dpm-solver++", "--eta", "0"], "--eta only applies to --sampler ddim (DPM-Solver++"),
+    (["--sampler", "dpm-solver++", "--ddim-spacing", "trailing"], "--ddim-spacing does not apply"),
+    (["--sampler", "ddpm", "--no-clip-x0"], "--no-clip-x0 applies to --sampler ddim and dpm-solver++"),
     (["--metrics", "--num-samples", "1"], "--metrics needs --num-samples in [2, 60000]"),
 ])
 def test_impossible_combinations_exit_2(ckpt_file, tmp_path, flags, message, capsys):

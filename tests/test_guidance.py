@@ -22,7 +22,9 @@ T = 20
 @pytest.fixture(scope="module")
 def cond_model():
     torch.manual_seed(0)
-    return UNet.from_preset("tiny", attn=(False, True), context_dim=8, num_classes=10).eval()
+    # zero_init=False: a zero-initialised UNet outputs exactly 0 for every label, so ε_cond = ε_null and no
+    # guidance arithmetic could be told apart from its mistakes.
+    return UNet.from_preset("tiny", attn=(False, True), context_dim=8, num_classes=10, zero_init=False).eval()
 
 
 @torch.no_grad()
@@ -74,14 +76,14 @@ def test_label_accuracy():
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _save(path: Path, model: UNet) -> Path:
+def _save(path: Path, model: UNet, class_names: list[str] | None = None) -> Path:
     from training.checkpoint import FORMAT, save_checkpoint
     from training.config import TrainConfig
 
     save_checkpoint(path, {
         "format": FORMAT, "model_config": model.config.to_dict(), "diffusion_config": DiffusionConfig(T).to_dict(),
         "train_config": TrainConfig(conditional=model.config.conditional).to_dict(), "model": model.state_dict(),
-        "ema": model.state_dict(), "step": 1, "epoch": 0,
+        "ema": model.state_dict(), "step": 1, "epoch": 0, "class_names": class_names,
     })
     return path
 
@@ -112,11 +114,25 @@ def test_cli_refuses_a_class_the_model_does_not_know(tmp_path, cond_model, caplo
     with caplog.at_level(logging.ERROR):
         rc = main.main(["--eval-ddpm-model", "--device", "cpu", "--ckpt-file", str(ckpt), "--label", "12",
                         "--num-samples", "2", "--task-name", str(tmp_path / "o")])
-    assert rc == 2 and "0..9" in caplog.text
+    assert rc == 2 and "class 12 does not exist" in caplog.text and "0, 1, 2, 3, 4, 5, 6, 7, 8, 9" in caplog.text
 
 
-@pytest.mark.parametrize("flags", [["--guidance-scale", "-1"], ["--guidance-scale", "nan"], ["--labels", "a,b"],
-                                   ["--label", "-3"], ["--label", "1", "--labels", "2,3"]])
+def test_cli_labels_are_class_names_stored_in_the_checkpoint(tmp_path, cond_model, caplog):
+    """Folders 0 … 10 are labels 0 … 10 (numeric order); a checkpoint with named classes takes the names."""
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    ckpt = _save(tmp_path / "cond.pth", cond_model, class_names=names)
+    out = tmp_path / "o"
+    assert main.main(["--eval-ddpm-model", "--device", "cpu", "--ckpt-file", str(ckpt), "--task-name", str(out),
+                      "--sampler", "ddim", "--sample-steps", "2", "--labels", "seven,two", "--num-samples", "4"]) == 0
+    assert json.loads(np.load(out / "samples" / "samples.npz")["metadata"].item())["labels"] == [7, 7, 2, 2]
+    with caplog.at_level(logging.ERROR):
+        assert main.main(["--eval-ddpm-model", "--device", "cpu", "--ckpt-file", str(ckpt), "--label", "7",
+                          "--num-samples", "2", "--task-name", str(tmp_path / "p")]) == 2
+    assert "class 7 does not exist" in caplog.text and "zero, one" in caplog.text
+
+
+@pytest.mark.parametrize("flags", [["--guidance-scale", "-1"], ["--guidance-scale", "nan"], ["--labels", ","],
+                                   ["--label", "1", "--labels", "2,3"]])
 def test_bad_guidance_flags_are_parser_errors(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(["--eval-ddpm-model", *flags])

@@ -59,7 +59,9 @@ def short_scheduler() -> LinearNoiseScheduler:
 @pytest.mark.parametrize(
     "config",
     [SamplerConfig("ddpm"), SamplerConfig("ddim", 50), SamplerConfig("ddim", 10, eta=1.0),
-     SamplerConfig("ddim", 7, spacing="leading"), SamplerConfig("ddim", 1)],
+     SamplerConfig("ddim", 7, spacing="leading"), SamplerConfig("ddim", 1), SamplerConfig("ddpm", 25),
+     SamplerConfig("ddpm", 6, spacing="linspace"), SamplerConfig("dpm-solver++", 10), SamplerConfig("dpm-solver++", 2),
+     SamplerConfig("dpm-solver++", 1, clip_x0=False)],
     ids=lambda c: f"{c.name}-{c.num_steps}-eta{c.eta}-{c.spacing}",
 )
 def test_point_mass_data_is_recovered_exactly(short_scheduler, config):
@@ -197,17 +199,36 @@ def test_trajectory_frames(scheduler):
 
 
 def test_sampler_config_validation(scheduler):
-    with pytest.raises(ValueError, match="all T=1000 steps"):
-        SamplerConfig("ddpm", 50).describe(T)
     with pytest.raises(ValueError, match="eta only applies to DDIM"):
         SamplerConfig("ddpm", eta=0.5)
-    with pytest.raises(ValueError, match=r"\[1, T=1000\]"):
-        SamplerConfig("ddim", 1001).describe(T)
+    with pytest.raises(ValueError, match="deterministic ODE solver"):
+        SamplerConfig("dpm-solver++", eta=0.5)
+    for name in ("ddpm", "ddim"):
+        with pytest.raises(ValueError, match=r"\[1, T=1000\]"):
+            SamplerConfig(name, 1001).describe(T)
+    with pytest.raises(ValueError, match=r"\[1, T-1=999\]"):
+        SamplerConfig("dpm-solver++", T).describe(T)
     with pytest.raises(ValueError, match="unknown sampler"):
         SamplerConfig("euler")
-    assert SamplerConfig("ddim").describe(T) == "ddim-50-eta0" and SamplerConfig().describe(T) == "ddpm-1000"
+    with pytest.raises(ValueError, match="spacing"):
+        SamplerConfig("ddpm", 50, spacing="uniform")
     with pytest.raises(ValueError, match="num_samples"):
         sample_images(lambda x, t: x, scheduler, 0)
+
+
+@pytest.mark.parametrize("config, num_timesteps, label", [
+    (SamplerConfig(), T, "ddpm-1000"),
+    (SamplerConfig("ddpm", T), T, "ddpm-1000"),
+    (SamplerConfig("ddpm", 250), T, "ddpm-250"),
+    (SamplerConfig("ddim"), T, "ddim-50-eta0"),
+    (SamplerConfig("ddim", 20, eta=0.5), T, "ddim-20-eta0.5"),
+    (SamplerConfig("dpm-solver++"), T, "dpm-solver++-20"),
+    (SamplerConfig("dpm-solver++", 10), T, "dpm-solver++-10"),
+    (SamplerConfig("ddim"), 20, "ddim-20-eta0"),  # defaults are capped: DDIM at T
+    (SamplerConfig("dpm-solver++"), 20, "dpm-solver++-19"),  # … and DPM-Solver++ at T − 1
+])
+def test_describe_and_default_steps(config, num_timesteps, label):
+    assert config.describe(num_timesteps) == label
 
 
 # ---------------------------------------------------------------------------------------- image files
@@ -250,3 +271,21 @@ def test_trajectory_gif(tmp_path, scheduler):
     gif = save_trajectory_gif(result.trajectory, tmp_path / "traj.gif", num_rows=2)
     with Image.open(gif) as im:
         assert im.n_frames == 4  # 3 snapshots + the final sample
+
+
+def test_non_finite_samples_are_an_error_naming_the_step():
+    from sampling import NonFiniteSamplesError
+
+    scheduler = LinearNoiseScheduler(num_timesteps=10)
+    calls = []
+
+    def eps_fn(x_t, t):  # one pixel of one sample turns NaN at the 4th network call
+        calls.append(1)
+        eps = torch.full_like(x_t, 0.1)
+        if len(calls) == 4:
+            eps[1, 0, 2, 3] = float("nan")
+        return eps
+
+    with pytest.raises(NonFiniteSamplesError, match=r"step 4 of 5 \(t = 3\)"):
+        sample_images(eps_fn, scheduler, 2, SamplerConfig("ddim", 5), image_shape=(1, 4, 4),
+                      generator=torch.Generator().manual_seed(0), progress=False)
