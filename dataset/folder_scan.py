@@ -2,8 +2,9 @@
 
 Rules (the same as torchvision's ``ImageFolder`` where they overlap):
 
-* every visible sub-folder of ``root`` is a class; classes are sorted by name and numbered 0, 1, ...
-  (for MNIST the folders ``0`` ... ``9`` get labels 0 ... 9);
+* every visible sub-folder of ``root`` is a class, numbered 0, 1, ... in sorted order: by value when every
+  name is an integer (``0`` ... ``10`` get labels 0 ... 10, not the text order ``0, 1, 10, 2``), by name
+  otherwise (``cat``, ``dog``);
 * a class holds the files directly inside its folder whose extension (case-insensitive) is one of
   ``extensions``; nested folders are not searched;
 * names starting with "." (hidden files and folders, the preparation marker) and files with other
@@ -70,6 +71,14 @@ def _is_dir(entry: os.DirEntry) -> bool:
     return is_dir
 
 
+def sort_class_names(names: Iterable[str]) -> list[str]:
+    """Class names in label order: numerically when all are integers (``2`` < ``10``), else by name."""
+    names = list(names)
+    if all(re.fullmatch(r"[+-]?\d+", n) for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
+
+
 def scan_class_folders(
     root: str | Path, extensions: Iterable[str] = DEFAULT_EXTENSIONS
 ) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -98,7 +107,7 @@ def scan_class_folders(
             f"For MNIST run `{PREPARE_COMMAND}`"
         )
 
-    classes = [e.name for e in sorted(class_entries, key=lambda e: e.name)]
+    classes = sort_class_names(e.name for e in class_entries)
     samples: list[tuple[Path, int]] = []
     empty: list[str] = []
     for label, name in enumerate(classes):
@@ -115,12 +124,12 @@ def scan_class_folders(
         hint = ""
         if any(_has_subfolder(Path(folder)) for folder in empty):
             hint = (
-                f" {root} looks like a data root holding split folders: use MNISTDataset(split, "
-                f"data_root={str(root)!r}) or from_folder() on one of its split folders"
+                f" {root} looks like a data root holding split folders: pass one of them as --data-path "
+                f"(e.g. --data-path {root / 'train'})"
             )
         raise DatasetLayoutError(
             f"class folder(s) {shown} hold no images with extensions {extensions}. Add images, remove "
-            f"the empty folder(s), or pass extensions=... to match your files.{hint}"
+            f"the empty folder(s), or pass --extensions (extensions=... in Python) to match your files.{hint}"
         )
     return classes, samples
 

@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dataset.errors import BadImageError
 
-SKIP_HINT = "Delete or replace it, or pass skip_bad=True to skip such files"
+SKIP_HINT = "Delete or replace it, or pass --skip-bad (skip_bad=True in Python) to skip such files"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from common.progress import progress_bar
 from dataset.errors import BadImageError
 from dataset.folder_scan import DEFAULT_EXTENSIONS, resolve_split_dir, scan_class_folders
 from dataset.image_io import SKIP_HINT, load_image, probe_image, to_model_range
@@ -147,7 +148,8 @@ class MNISTDataset(Dataset):
             raise BadImageError(
                 path,
                 f"size {h}x{w} (HxW) differs from {eh}x{ew}, the size of the first image {self._first_path}",
-                "Resize or remove it, pass image_size=... to resize every image, or skip_bad=True to skip it",
+                "Resize or remove it, pass --image-size N to resize every image, or --skip-bad to skip it "
+                "(image_size=, skip_bad=True in Python)",
             )
 
     def _skip(self, err: BadImageError) -> None:
@@ -174,7 +176,7 @@ class MNISTDataset(Dataset):
             raise BadImageError(self.root, "every image file was bad; nothing left to load", SKIP_HINT)
 
     def _progress(self, desc: str) -> tqdm:
-        return tqdm(self.samples, desc=desc, unit="img", disable=len(self.samples) < _PROGRESS_MIN_IMAGES)
+        return progress_bar(self.samples, desc=desc, unit="img", disable=len(self.samples) < _PROGRESS_MIN_IMAGES)
 
     def _check_all(self, full_decode: bool) -> None:
         """Validate every file: headers only (fast), or full decode (finds truncated pixel data)."""

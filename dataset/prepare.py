@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from common.progress import progress_bar
 from dataset import paths
 from dataset.idx import load_mnist_idx, mnist_idx_paths, read_idx_labels
 
@@ -119,7 +119,7 @@ def _write_split(images: np.ndarray, labels: np.ndarray, target: Path, workers: 
         ]
         progress = {"total": len(labels), "desc": f"writing {target.name}", "unit": "img"}
         if workers <= 1:
-            with tqdm(**progress) as bar:
+            with progress_bar(**progress) as bar:
                 for task in tasks:
                     bar.update(_write_chunk(task))
         else:
@@ -128,7 +128,7 @@ def _write_split(images: np.ndarray, labels: np.ndarray, target: Path, workers: 
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
                 results = pool.map(_write_chunk, tasks)
-                with tqdm(**progress) as bar:
+                with progress_bar(**progress) as bar:
                     for written in results:
                         bar.update(written)
         marker = {"count": len(labels), "class_counts": expected_class_counts(labels)}

@@ -30,6 +30,9 @@ class UNetConfig(DictConfig):
 
     Attributes:
         im_channels: channels of the images (1 for MNIST).
+        image_size: side of the (square) images the model was trained on, which sampling draws; ``None`` for a
+            config not tied to data yet (the trainer sets it from the dataset; checkpoints from before it was
+            recorded sample at 28). Must survive every down-sample: divisible by 2^(number of down-samples).
         channels: widths; ``channels[0]`` after ``conv_in``, ``channels[i+1]`` after down level ``i``.
         down_sample: per level (``len(channels) - 1`` entries), whether that level halves H and W.
         attn: per level, whether its down and up blocks have (self-, and with a context cross-) attention.
@@ -50,6 +53,7 @@ class UNetConfig(DictConfig):
     """
 
     im_channels: int = 1
+    image_size: int | None = None
     channels: tuple[int, ...] = (32, 64, 128, 256)
     down_sample: tuple[bool, ...] = (True, True, False)
     attn: tuple[bool, ...] = (True, True, True)
@@ -106,6 +110,13 @@ class UNetConfig(DictConfig):
                 raise bad("num_classes", "a class-conditional model needs context_dim for its label tokens")
         if isinstance(self.label_tokens, bool) or not isinstance(self.label_tokens, int) or self.label_tokens < 1:
             raise bad("label_tokens", "must be a positive int")
+        if self.image_size is not None:
+            factor = 2 ** sum(bool(d) for d in self.down_sample)
+            if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+                raise bad("image_size", "must be None or a positive int")
+            if self.image_size % factor:
+                raise bad("image_size", f"must be divisible by {factor}: the model halves H and W "
+                                        f"{factor.bit_length() - 1} times (resize the images with --image-size)")
         if not isinstance(self.zero_init, bool):
             raise bad("zero_init", "must be True or False")
 
@@ -115,14 +126,13 @@ class UNetConfig(DictConfig):
         return self.num_classes is not None
 
 
-
 PRESETS: dict[str, UNetConfig] = {
     # For tests: a few thousand parameters, trains in seconds.
     "tiny": UNetConfig(channels=(8, 16, 16), down_sample=(True, True), attn=(False, False), layers_per_block=1,
                        mid_layers=1, num_heads=2, time_emb_dim=16, norm_groups=4),
-    # CPU default, 0.294 GFLOP per training image (forward + backward). 16 channels at 28×28 and 14×14, where
-    # a convolution costs 16× / 4× more per parameter than at 7×7; the width (64), two residual levels and
-    # all attention at 7×7, where they are cheap. Chosen by quality per CPU-minute (benchmarks/RESULTS.md).
+    # CPU default. 16 channels at 28×28 and 14×14, where a convolution costs 16× / 4× more per parameter than
+    # at 7×7; the width (64), two residual levels and all attention at 7×7, where they are cheap. Chosen by
+    # quality per CPU-minute (benchmarks/RESULTS.md).
     "small": UNetConfig(channels=(16, 16, 64, 64), down_sample=(True, True, False), attn=(False, False, True),
                         layers_per_block=1, mid_layers=1, num_heads=4, time_emb_dim=64, norm_groups=8),
     # The seed repository's size, for a GPU.

@@ -37,10 +37,10 @@ def test_defaults_build_the_documented_configs():
     _, args = parse()
     train_config, model_config, diffusion_config = cli.build_configs(args)
     assert train_config == TrainConfig(data_path=str(DEFAULT_DATA_PATH))
-    assert (train_config.model, train_config.batch_size, train_config.lr) == ("small", 128, 1e-3)
+    assert (train_config.model, train_config.batch_size, train_config.lr) == ("small", 128, 4e-3)
     assert (train_config.ckpt_save_name, train_config.viz_interval, train_config.viz_num, train_config.viz_t) == \
         ("test_001.pth", 500, 8, -1)
-    assert (train_config.ema_decay, train_config.grad_clip, train_config.warmup_steps) == (0.999, 1.0, 200)
+    assert (train_config.ema_decay, train_config.grad_clip, train_config.warmup_steps) == (0.9999, 1.0, 200)
     assert model_config == preset_config("small")
     assert diffusion_config == DiffusionConfig(1000, 1e-4, 0.02)
     assert train_config.resolved_viz_t(diffusion_config.num_timesteps) == 999

@@ -173,7 +173,7 @@ def test_class_folder_without_images_is_named(tmp_path: Path) -> None:
 
 def test_data_root_given_to_from_folder_suggests_split(tmp_path: Path) -> None:
     make_tree(tmp_path / "mnist_images", {"0": [1]})
-    with pytest.raises(DatasetLayoutError, match="looks like a data root.*MNISTDataset\\(split"):
+    with pytest.raises(DatasetLayoutError, match="looks like a data root.*--data-path"):
         MNISTDataset.from_folder(tmp_path)
 
 

@@ -126,8 +126,10 @@ def data48(tmp_path_factory) -> Path:
     return write_digits(tmp_path_factory.mktemp("digits48"), per_class=16)  # 6 global batches of 8
 
 
+# A constant lr: runs stopped at different --max-steps and resumed must train like one uninterrupted run, which a
+# schedule whose end is the run's horizon would (rightly) change.
 COMMON = ["--train-ddpm-model", "--model", "tiny", "--num-timesteps", "100", "--seed", "5", "--warmup-steps", "0",
-          "--log-every", "1", "--ckpt-every", "2", "--num-threads", "1"]
+          "--log-every", "1", "--ckpt-every", "2", "--num-threads", "1", "--lr-schedule", "constant", "--lr", "1e-3"]
 
 
 def args(run: Path, data: Path, batch: int, *extra: str) -> list[str]:
@@ -229,7 +231,7 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, d
     assert all(torch.equal(dumps[1][0]["ema"][k], final[k]) for k in final)
 
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in (reference / "run").iterdir()) == \
-        ["config.json", "loss.png", "metrics.csv", "test_001.pth", "viz"]
+        ["config.json", "loss.png", "metrics.csv", "samples", "test_001.pth", "viz"]
     frames = [sorted(p.name for p in (folder / "viz").iterdir()) for folder in (ddp, reference / "run")]
     assert frames[0] == frames[1] and "progress.gif" in frames[0]
     assert len(list(csv.DictReader(open(ddp / "metrics.csv")))) == 8
@@ -245,4 +247,4 @@ def test_torchrun_main_py_trains_class_conditional_through_the_dataloader_like_o
     log = torchrun(tmp_path, "main.py", *args(run, data48, 4, *COND, "--no-cache"))
     assert "stopped (max_steps) at step 4" in log, log[-5000:]
     assert_same_training(reference / "cond", run)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "test_001.pth"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "samples", "test_001.pth"]

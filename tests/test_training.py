@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -66,27 +67,65 @@ def argv(run: Path, data: Path, *extra: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- recipe pieces
 def test_lr_warmup_is_linear_then_constant():
-    config = TrainConfig(lr=1e-3, warmup_steps=4)
-    assert [trainer.lr_at(s, config) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
-    assert trainer.lr_at(0, TrainConfig(lr=1e-3, warmup_steps=0)) == 1e-3
+    config = TrainConfig(lr=1e-3, warmup_steps=4, lr_schedule="constant")
+    assert [trainer.lr_at(s, 0.5, config) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert trainer.lr_at(0, 0.0, TrainConfig(lr=1e-3, warmup_steps=0, lr_schedule="constant")) == 1e-3
 
 
-def test_ema_decay_warms_up_to_its_ceiling():
-    assert [ema_decay_at(s, 0.999) for s in (0, 1, 8, 90, 10**6)] == pytest.approx(
-        [0.1, 2 / 11, 0.5, 91 / 100, 0.999])
+@pytest.mark.parametrize("progress, factor", [(0.0, 1.0), (0.25, (1 + 2**-0.5) / 2), (0.5, 0.5), (1.0, 0.0)])
+def test_cosine_lr_is_half_a_cosine_of_the_run_progress(progress, factor):
+    config = TrainConfig(lr=2e-3, warmup_steps=10)
+    assert trainer.lr_at(100, progress, config) == pytest.approx(2e-3 * factor, abs=1e-15)
+    assert trainer.lr_at(4, progress, config) == pytest.approx(2e-3 * 0.5 * factor, abs=1e-15)  # × warm-up
+
+
+def test_run_progress_is_the_larger_of_steps_and_clock_fractions():
+    assert trainer.run_progress(25, 100, 0.0, math.inf) == 0.25  # steps only
+    assert trainer.run_progress(25, 100, 30.0, 60.0) == 0.5  # --max-minutes ends it sooner
+    assert trainer.run_progress(90, 100, 30.0, 60.0) == 0.9
+    assert trainer.run_progress(10, 100, 120.0, 60.0) == 1.0  # budget spent: clipped
+
+
+def test_power_law_ema_decay_and_its_cap():
+    gamma = 6.94
+    assert ema_decay_at(0, 0.9999, gamma) == 0.0  # t = 1: the average starts as a copy
+    assert ema_decay_at(9, 0.9999, gamma) == pytest.approx(0.9 ** 7.94)
+    assert ema_decay_at(2999, 0.9999, gamma) == pytest.approx((1 - 1 / 3000) ** 7.94)
+    assert ema_decay_at(10**7, 0.9999, gamma) == 0.9999  # capped
+    # A longer run averages over more steps: the effective window 1/(1 − d) grows ∝ t.
+    w = [1 / (1 - ema_decay_at(s, 1 - 1e-12, gamma)) for s in (999, 9999)]
+    assert w[1] / w[0] == pytest.approx(10.0, rel=5e-3)
 
 
 def test_ema_update_is_the_convex_combination():
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.constant_(model.weight, 1.0)
-    ema = EMA(model, decay=0.5)
+    ema = EMA(model, decay=0.5, gamma=1.0)
     torch.nn.init.constant_(model.weight, 3.0)
-    d = ema.update(model, step=0)  # d = min(0.5, 1/10) = 0.1
-    assert d == pytest.approx(0.1)
-    assert ema.model.weight.item() == pytest.approx(0.1 * 1.0 + 0.9 * 3.0)
-    ema.update(model, step=10**6)  # d = 0.5
-    assert ema.model.weight.item() == pytest.approx(0.5 * 2.8 + 0.5 * 3.0)
+    d = ema.update(model, step=1)  # d = min(0.5, (1 − 1/2)²) = 0.25
+    assert d == pytest.approx(0.25)
+    assert ema.model.weight.item() == pytest.approx(0.25 * 1.0 + 0.75 * 3.0)
+    ema.update(model, step=10**6)  # d = 0.5 (capped)
+    assert ema.model.weight.item() == pytest.approx(0.5 * 2.5 + 0.5 * 3.0)
     assert not ema.model.weight.requires_grad
+
+
+def test_min_snr_weighting_weights_each_sample_by_min_snr_gamma_over_snr():
+    from scheduler import LinearNoiseScheduler
+
+    scheduler = LinearNoiseScheduler()
+    x0, eps = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
+    t = torch.tensor([0, 400, 999])
+
+    def zero(x_t, t_):  # per-sample squared error = 1
+        return torch.zeros_like(x_t)
+
+    ab = scheduler.alphas_cumprod.double()[t]
+    snr = ab / (1 - ab)
+    expected = (snr.clamp(max=5.0) / snr).mean().item()
+    assert snr[0] > 5 > snr[2]  # the test covers both sides of the clamp
+    assert trainer.l_simple(zero, scheduler, x0, t, eps, min_snr_gamma=5.0).item() == pytest.approx(expected, rel=1e-5)
+    assert trainer.l_simple(zero, scheduler, x0, t, eps).item() == pytest.approx(1.0)
 
 
 def test_l_simple_is_zero_for_an_oracle_and_the_eps_mse_otherwise():
@@ -153,7 +192,9 @@ def test_tiny_run_writes_every_artefact(tmp_path, data48, monkeypatch, caplog):
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
     assert [int(r["epoch"]) for r in rows] == [1, 1, 1, 2]
     assert all(0.1 < float(r["loss"]) < 3 and float(r["images_per_s"]) > 0 for r in rows)
-    assert float(rows[0]["lr"]) == pytest.approx(1e-3 * 2 / 200)  # warm-up: lr of step 2 of 200
+    # warm-up (step 2 of 200) × cosine at the progress 1/8 of the run when step 2 was taken
+    assert float(rows[0]["lr"]) == pytest.approx(4e-3 * 2 / 200 * 0.5 * (1 + math.cos(math.pi / 8)))
+    assert float(rows[-1]["lr"]) == pytest.approx(4e-3 * 8 / 200 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     ckpt = load_checkpoint(run / "test_001.pth")
@@ -170,7 +211,14 @@ def test_tiny_run_writes_every_artefact(tmp_path, data48, monkeypatch, caplog):
     frame = np.asarray(Image.open(run / "viz" / viz[0]))
     assert frame.shape == (16 + 3 * (56 + 2) + 2, 40 + 4 * (56 + 2) + 2)  # title + 3 rows × 4 images of 56 px
     assert iio.imread(run / "viz" / "progress.gif", index=None).shape[0] == 3
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "test_001.pth", "viz"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "samples",
+                                                     "test_001.pth", "viz"]
+    samples = np.load(run / "samples" / "samples.npz")["images"]
+    assert samples.shape == (100, 28, 28) and samples.dtype == np.uint8  # --final-samples 100 by default
+    assert Image.open(run / "samples" / "grid.png").size == (10 * 30 + 2, 10 * 30 + 2)
+    for where in ("checkpoint:", "samples:", "loss curve:", "progress:", "continue:", "--resume", "sample:",
+                  "--eval-ddpm-model --ckpt-file"):
+        assert where in caplog.text
 
 
 def test_sigkill_mid_epoch_then_resume_ends_bit_identical(tmp_path, data96):
@@ -264,6 +312,31 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path, data48):
     assert load_checkpoint(run / "test_001.pth")["step"] == 1
 
 
+def test_the_training_clock_survives_resume_and_drives_lr_and_max_minutes(tmp_path, data48):
+    """--max-minutes is a budget for the whole run: the checkpoint keeps the clock, and after a resume the cosine lr
+    continues from the saved clock's fraction of the budget (here half of it), not from zero."""
+    from training.checkpoint import save_checkpoint
+
+    run = tmp_path / "run"
+    flags = ["--max-minutes", "1000", "--log-every", "1", "--num-epochs", "100"]
+    assert entry.main(argv(run, data48, "--max-steps", "2", *flags)) == 0
+    ckpt = load_checkpoint(run / "test_001.pth")
+    assert 0 < ckpt["train_seconds"] < 600
+    ckpt["train_seconds"] = 0.5 * 1000 * 60
+    save_checkpoint(run / "test_001.pth", ckpt)
+    assert entry.main(argv(run, data48, "--max-steps", "100", *flags, "--resume")) == 0  # warns: recipe changed
+    rows = read_metrics(run / "metrics.csv")
+    step3 = next(r for r in rows if r["step"] == 3)
+    assert step3["lr"] == pytest.approx(4e-3 * 3 / 200 * 0.5, rel=1e-3)  # warm-up × ½(1 + cos(π/2))
+    assert load_checkpoint(run / "test_001.pth")["step"] == 100  # ran on to --max-steps: budget left
+    ckpt = load_checkpoint(run / "test_001.pth")
+    ckpt["train_seconds"] = 2000 * 60.0
+    save_checkpoint(run / "test_001.pth", ckpt)
+    step_before = ckpt["step"]
+    assert entry.main(argv(run, data48, "--max-steps", "100", *flags, "--resume")) == 0
+    assert load_checkpoint(run / "test_001.pth")["step"] == step_before  # budget already spent: no step
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, data48) -> Path:
     run = tmp_path_factory.mktemp("short") / "run"
@@ -296,6 +369,40 @@ def test_resume_never_silently_starts_from_scratch(tmp_path, data48, short_run, 
     assert entry.main(argv(tmp_path / "c", data48, "--resume", str(tmp_path / "slim.pth"))) == 2
     assert "sampling-only export" in caplog.text
     assert not any((tmp_path / name / "test_001.pth").exists() for name in "abc")
+
+
+def test_a_new_run_never_replaces_a_checkpoint_without_resume_or_overwrite(tmp_path, data48, short_run, caplog):
+    run = tmp_path / "run"
+    assert entry.main(argv(run, data48, "--max-steps", "3")) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with caplog.at_level(logging.ERROR):
+        assert entry.main(argv(run, data48, "--max-steps", "2")) == 2
+        # resuming *another* run's checkpoint into this folder would replace this one too
+        assert entry.main(argv(run, data48, "--resume", str(short_run / "test_001.pth"))) == 2
+    assert "already holds a step-3 checkpoint" in caplog.text and "--overwrite" in caplog.text
+    assert "--resume to continue it" in caplog.text
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == {k: v for k, v in before.items() if k != ".lock"}  # nothing in the folder changed
+    assert entry.main(argv(run, data48, "--max-steps", "2", "--overwrite")) == 0
+    assert load_checkpoint(run / "test_001.pth")["step"] == 2
+
+
+def test_export_refuses_to_write_over_its_input_or_a_training_checkpoint(tmp_path, short_run, caplog):
+    from training import export
+
+    src = short_run / "test_001.pth"
+    other = tmp_path / "other.pth"
+    other.write_bytes(src.read_bytes())
+    with caplog.at_level(logging.ERROR):
+        assert export.main([str(src), str(src)]) == 2
+        assert export.main([str(src), str(short_run / "." / "test_001.pth")]) == 2  # the same file by another path
+        assert export.main([str(src), str(other)]) == 2  # a resumable checkpoint
+        assert export.main([str(src), str(tmp_path)]) == 2  # a folder
+    assert "is the input checkpoint" in caplog.text and "resumable training checkpoint" in caplog.text
+    assert "is a folder" in caplog.text
+    assert load_checkpoint(src)["optimizer"] is not None and load_checkpoint(other)["optimizer"] is not None
+    assert export.main([str(src), str(other), "--force"]) == 0
+    assert load_checkpoint(other).get("optimizer") is None
 
 
 def test_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, data48, caplog):

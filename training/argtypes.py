@@ -63,4 +63,14 @@ positive_float = number(float, 0, math.inf, low_open=True, high_open=True, must=
 non_negative_float = number(float, 0, math.inf, high_open=True, must="be a number >= 0")
 learning_rate = number(float, 0, 1, low_open=True, capped=True, must="be a positive number")
 probability = number(float, 0, 1, high_open=True)  # also an EMA decay
+ema_gamma = number(float, 0, 1000, capped=True, must="be a number >= 0")  # σ_rel ≈ 0.03 at 1000; larger is a typo
+snr_gamma = number(float, 0, 1e6, low_open=True, capped=True, must="be a positive number")
 unit_interval = number(float, 0, 1, low_open=True, high_open=True, must="lie strictly between 0 and 1")  # β
+
+
+def extension_list(text: str) -> tuple[str, ...]:
+    """``.png,.jpg`` (or ``png jpg``) → ``(".png", ".jpg")``."""
+    parts = [p.strip().lower() for p in text.replace(" ", ",").split(",") if p.strip()]
+    if not parts or any(not p.strip(".") or "/" in p for p in parts):
+        raise argparse.ArgumentTypeError(f"expected file extensions such as .png,.jpg, got {text!r}")
+    return tuple(p if p.startswith(".") else f".{p}" for p in parts)

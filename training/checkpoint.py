@@ -224,6 +224,9 @@ def check_checkpoint(ckpt: Any, source: str | Path = "checkpoint") -> None:
     for key in ("model_config", "diffusion_config", "train_config"):
         if not isinstance(ckpt[key], dict):
             raise CheckpointError(f"{source}[{key!r}] must be a dict, got {type(ckpt[key]).__name__}")
+    names = ckpt.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{source}['class_names'] must be a list of class-folder names, got {names!r:.80}")
 
 
 def _names(keys: list[str]) -> str:
@@ -344,6 +347,7 @@ def export_weights(ckpt_or_path: dict | str | Path, out_path: str | Path) -> Non
         "ema": None,
         "step": ckpt["step"],
         "epoch": ckpt["epoch"],
+        "class_names": ckpt.get("class_names"),
     }
     save_checkpoint(out_path, slim)
     logger.info("exported sampling weights of %s (step %d) to %s", source, ckpt["step"], out_path)

@@ -14,6 +14,7 @@ and leaves it afterwards (:mod:`training.distributed`), and ranks other than 0 l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from dataset import DEFAULT_DATA_PATH
 from models import PRESETS, UNetConfig, preset_config
 from scheduler import DiffusionConfig
 from training import argtypes as types
-from training.config import DEVICES, PRECISIONS, TrainConfig
+from training.config import DEVICES, LOSS_WEIGHTINGS, LR_SCHEDULES, PRECISIONS, TrainConfig
 from training.distributed import PeerSetupError, resolve_device, setup_distributed, teardown_distributed
 from training.performance import resolve_performance
 from training.run_lock import RunLockedError
@@ -51,12 +52,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-epochs", type=types.positive_int, default=_DEFAULTS.num_epochs, help="passes over the data")
     g.add_argument("--lr", type=types.learning_rate, default=_DEFAULTS.lr,
                    help="peak AdamW learning rate (after the linear warm-up)")
+    g.add_argument("--lr-schedule", default=_DEFAULTS.lr_schedule, choices=LR_SCHEDULES,
+                   help="cosine: decay the lr to 0 at the end of the run (--max-steps, --num-epochs or --max-minutes, "
+                        "whichever ends it first); constant: keep the peak")
     g.add_argument("--warmup-steps", type=types.non_negative_int, default=_DEFAULTS.warmup_steps,
                    help="linear learning-rate warm-up steps")
     g.add_argument("--weight-decay", type=types.non_negative_float, default=_DEFAULTS.weight_decay,
                    help="AdamW decoupled weight decay")
     g.add_argument("--ema-decay", type=types.probability, default=_DEFAULTS.ema_decay,
-                   help="EMA decay of the weights used for sampling, warmed up as min(decay, (1+s)/(10+s))")
+                   help="cap on the decay of the power-law EMA of the weights used for sampling, "
+                        "d_t = min(decay, (1 - 1/t)^(gamma+1))")
+    g.add_argument("--ema-gamma", type=types.ema_gamma, default=_DEFAULTS.ema_gamma,
+                   help="gamma of the power-law EMA: 6.94 averages about the last 10%% of the run so far")
+    g.add_argument("--loss-weighting", default=_DEFAULTS.loss_weighting, choices=LOSS_WEIGHTINGS,
+                   help="uniform: the paper's L_simple; min-snr: weight each t by min(SNR_t, gamma)/SNR_t "
+                        "(Hang et al. 2023), still predicting the noise")
+    g.add_argument("--min-snr-gamma", type=types.snr_gamma, default=_DEFAULTS.min_snr_gamma,
+                   help="gamma of --loss-weighting min-snr")
     g.add_argument("--grad-clip", type=types.non_negative_float, default=_DEFAULTS.grad_clip,
                    help="clip the global gradient norm to this value; 0 disables clipping")
     g.add_argument("--num-timesteps", type=types.num_timesteps, default=_DIFFUSION.num_timesteps,
@@ -76,13 +88,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "jobs, 1 can be several times faster than oversubscribed cores")
     g.add_argument("--no-cache", action="store_true",
                    help="do not decode the whole dataset into memory first; read images from disk per batch")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable, corrupt or odd-sized image files (each is named in a warning) instead of "
+                        "stopping at the first")
+    g.add_argument("--image-size", type=types.positive_int, default=None, metavar="N",
+                   help="resize every image to N×N; default: the data's own size (MNIST: 28), which the model "
+                        "records and sampling draws")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=_DEFAULTS.channels,
+                   help="convert images to 1 (grayscale) or 3 (RGB) channels")
+    g.add_argument("--extensions", type=types.extension_list, default=_DEFAULTS.extensions, metavar=".png,.jpg",
+                   help="image file extensions to read from the class folders (comma-separated)")
+    g.add_argument("--final-samples", type=types.non_negative_int, default=_DEFAULTS.final_samples, metavar="N",
+                   help="at the end of the run the EMA model draws N samples into task-name/samples/ "
+                        "(grid.png, samples.npz) with the default sampler; 0 turns it off")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="write loss, lr, images/s, grad-norm and image grids for TensorBoard to task-name/tb/ "
+                        "(pip install -r requirements/tensorboard.txt; view with tensorboard --logdir task-name/tb)")
     g.add_argument("--max-steps", type=types.positive_int, default=None,
                    help="stop (with a checkpoint) once this many steps are done in total, e.g. for smoke runs")
     g.add_argument("--max-minutes", type=types.positive_float, default=None,
-                   help="stop (with a checkpoint) after this many minutes of training in this invocation")
+                   help="stop (with a checkpoint) after this many minutes of training in total; a resumed run "
+                        "continues the saved training clock, and the cosine lr reaches 0 when the budget is spent")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue from a checkpoint: CKPT, or task-name/ckpt-save-name when given alone. "
                         "A missing or unreadable checkpoint is an error, never a fresh start")
+    g.add_argument("--overwrite", action="store_true",
+                   help="let a fresh run replace the checkpoint already in --task-name (refused otherwise: pass "
+                        "--resume to continue it)")
     g.add_argument("--ckpt-save-name", default=_DEFAULTS.ckpt_save_name,
                    help="checkpoint file name inside --task-name")
     g.add_argument("--ckpt-every", type=types.positive_int, default=_DEFAULTS.ckpt_every,
@@ -124,10 +156,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, DiffusionConfig]:
     """The one place where flags become configs. Raises ValueError naming the bad value."""
     diffusion_config = DiffusionConfig(args.num_timesteps, args.beta_start, args.beta_end)
-    model_config = preset_config(args.model)
+    model_config = preset_config(args.model, im_channels=args.channels, image_size=args.image_size)
     if args.conditional:  # label tokens as wide as the bottleneck, one token per label
-        model_config = preset_config(args.model, num_classes=args.num_classes,
-                                     context_dim=model_config.context_dim or model_config.channels[-1])
+        model_config = dataclasses.replace(model_config, num_classes=args.num_classes,
+                                           context_dim=model_config.context_dim or model_config.channels[-1])
     train_config = TrainConfig(
         task_name=args.task_name,
         data_path=str(args.data_path),
@@ -135,15 +167,26 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, Di
         batch_size=args.batch_size,
         num_epochs=args.num_epochs,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
         ema_decay=args.ema_decay,
+        ema_gamma=args.ema_gamma,
+        loss_weighting=args.loss_weighting,
+        min_snr_gamma=args.min_snr_gamma,
         grad_clip=args.grad_clip if args.grad_clip > 0 else None,
         seed=args.seed,
         device=args.device,
         num_workers=args.num_workers,
         num_threads=args.num_threads,
         cache=not args.no_cache,
+        skip_bad=args.skip_bad,
+        image_size=args.image_size,
+        channels=args.channels,
+        extensions=args.extensions,
+        final_samples=args.final_samples,
+        tensorboard=args.tensorboard,
+        overwrite=args.overwrite,
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
         ckpt_save_name=args.ckpt_save_name,

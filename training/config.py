@@ -4,17 +4,11 @@ The model and the diffusion process have their own configs (:class:`models.UNetC
 :class:`scheduler.DiffusionConfig`); this one holds everything else a run needs. It is built from the
 command line in one place (:func:`training.cli.build_configs`) and the trainer never sees argparse.
 
-Defaults are chosen to give recognisable digits from the ``small`` preset within minutes on a CPU:
-
-* ``lr=1e-3`` with a 200-step linear warm-up. A CPU run sees ~1k steps in 10 minutes; at the paper's 2e-4
-  the small UNet is far from converged after that many steps. Measured on MNIST (small, batch 128, seed 0):
-  mean loss over steps 376–400 is 0.044 at 1e-3 and 0.070 at 2e-4; warm-up and clipping keep 1e-3 stable.
-* ``ema_decay=0.999`` with the warm-up ``min(decay, (1 + step) / (10 + step))``: an average over the last
-  ~1,000 steps. The paper's 0.9999 averages over ~10,000 steps — longer than a whole CPU run.
-* ``grad_clip=1.0`` (the paper's setting), AdamW with no weight decay (as in the paper's Adam).
-* ``precision="auto"``, ``compile=None``, ``channels_last=None``: the fastest safe choice for the device,
-  resolved by :func:`training.performance.resolve_performance` (bf16 + compile + channels_last on a recent
-  GPU, fp32 + channels_last on a CPU).
+The recipe is Algorithm 1 with AdamW, a linear LR warm-up followed by a cosine decay to zero at the end of
+the run (the end is ``max_steps``, ``num_epochs`` or ``max_minutes``, whichever comes first), gradient
+clipping at 1.0 (the paper's) and a power-law EMA of the weights (:mod:`training.ema`). Why each default was
+chosen, with the measurements, is in ``benchmarks/RESULTS.md``. ``precision``, ``compile`` and
+``channels_last`` default to the fastest safe choice for the device (:mod:`training.performance`).
 """
 
 from __future__ import annotations
@@ -27,8 +21,11 @@ from dataset.paths import DEFAULT_DATA_PATH
 from models.config_dict import DictConfig
 
 DEVICES = ("auto", "cpu", "cuda")
-RUN_FILES = frozenset({"config.json", "metrics.csv", "loss.png", "viz"})  # written beside the checkpoint
+# Written beside the checkpoint:
+RUN_FILES = frozenset({"config.json", "metrics.csv", "loss.png", "viz", "samples", "tb"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LR_SCHEDULES = ("cosine", "constant")
+LOSS_WEIGHTINGS = ("uniform", "min-snr")
 
 
 @dataclass(frozen=True)
@@ -42,16 +39,30 @@ class TrainConfig(DictConfig):
         batch_size: images per optimizer step.
         num_epochs: passes over the data (the run may stop earlier: ``max_steps``, ``max_minutes``).
         lr: peak AdamW learning rate, reached after ``warmup_steps`` linear warm-up steps.
+        lr_schedule: ``cosine`` decays the lr to 0 at the end of the run; ``constant`` keeps the peak.
         weight_decay: AdamW decoupled weight decay.
-        ema_decay: EMA decay of the weights, used with the warm-up ``min(decay, (1+step)/(10+step))``.
+        ema_decay: cap on the EMA decay d_t = min(ema_decay, (1 − 1/t)^(γ+1)).
+        ema_gamma: the power-law EMA's γ (6.94: the average spans ~10 % of the run so far).
+        loss_weighting: ``uniform`` is the paper's L_simple; ``min-snr`` weights each t by
+            min(SNR_t, γ)/SNR_t (Hang et al. 2023), still predicting ε.
+        min_snr_gamma: the γ of ``min-snr``.
         grad_clip: clip the global gradient norm to this; ``None`` disables clipping.
         seed: seeds the model init, the data order (per epoch) and the t/ε generator.
         device: ``auto`` (cuda if available, else cpu), ``cpu`` or ``cuda``.
         num_workers: DataLoader workers; 0 batches straight from the in-memory uint8 images.
         num_threads: torch intra-op CPU threads (set by the CLI, process-wide); 0 keeps torch's default.
         cache: decode every image into memory once (fast); ``False`` reads files on the fly.
+        skip_bad: skip unreadable or odd-sized image files with a warning instead of stopping.
+        image_size: resize every image to this square size; ``None`` keeps the data's own (square) size.
+        channels: 1 (grayscale) or 3 (RGB): what each image is converted to.
+        extensions: image file extensions to read from the class folders.
+        final_samples: at the end of a run the EMA model draws this many samples into
+            ``task_name/samples/`` (grid.png, samples.npz) with the default sampler; 0 turns it off.
+        tensorboard: also write scalars and image grids for TensorBoard under ``task_name/tb/``.
+        overwrite: allow a fresh run (or a resume from elsewhere) to replace the checkpoint in ``task_name``.
         max_steps: stop once this many optimizer steps are done in total (``None``: no limit).
-        max_minutes: stop after this many minutes of training in this invocation (``None``: no limit).
+        max_minutes: stop after this many minutes of training in total, counted over resumes: the checkpoint
+            keeps the training clock (``None``: no limit).
         ckpt_save_name: checkpoint file name inside ``task_name``.
         ckpt_every: also checkpoint every this many steps (always at epoch ends and when stopping).
         log_every: log/record loss, lr and images/s every this many steps.
@@ -71,17 +82,28 @@ class TrainConfig(DictConfig):
     data_path: str = str(DEFAULT_DATA_PATH)
     model: str = "small"
     batch_size: int = 128
-    num_epochs: int = 40
-    lr: float = 1e-3
+    num_epochs: int = 8
+    lr: float = 4e-3
+    lr_schedule: str = "cosine"
     warmup_steps: int = 200
     weight_decay: float = 0.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.9999
+    ema_gamma: float = 6.94
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
     grad_clip: float | None = 1.0
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
     num_threads: int = 0
     cache: bool = True
+    skip_bad: bool = False
+    image_size: int | None = None
+    channels: int = 1
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+    final_samples: int = 100
+    tensorboard: bool = False
+    overwrite: bool = False
     max_steps: int | None = None
     max_minutes: float | None = None
     ckpt_save_name: str = "test_001.pth"
@@ -99,6 +121,7 @@ class TrainConfig(DictConfig):
     channels_last: bool | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "extensions", tuple(self.extensions))  # JSON round trips give lists
         self.validate()
 
     def validate(self) -> None:
@@ -114,7 +137,7 @@ class TrainConfig(DictConfig):
         for name in ("batch_size", "num_epochs", "ckpt_every", "log_every", "viz_interval", "viz_num"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "must be a positive int")
-        for name in ("warmup_steps", "num_workers", "num_threads", "seed"):
+        for name in ("warmup_steps", "num_workers", "num_threads", "seed", "final_samples"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 raise bad(name, "must be an int >= 0")
         if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
@@ -126,11 +149,25 @@ class TrainConfig(DictConfig):
         if not is_number(self.weight_decay) or self.weight_decay < 0:
             raise bad("weight_decay", "must be a number >= 0")
         if not is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
-            raise bad("ema_decay", "must lie in [0, 1); 0.999 averages over roughly the last 1,000 steps")
+            raise bad("ema_decay", "must lie in [0, 1): it caps the EMA decay, 0.999 ≈ an average over 1,000 steps")
+        if not is_number(self.ema_gamma) or self.ema_gamma < 0:
+            raise bad("ema_gamma", "must be a number >= 0 (larger: the EMA averages a shorter part of the run)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise bad("loss_weighting", f"must be one of {LOSS_WEIGHTINGS}")
+        if not is_number(self.min_snr_gamma) or self.min_snr_gamma <= 0:
+            raise bad("min_snr_gamma", "must be a positive number (5 in Hang et al. 2023)")
         if self.grad_clip is not None and (not is_number(self.grad_clip) or self.grad_clip <= 0):
             raise bad("grad_clip", "must be None (no clipping) or a positive gradient norm")
         if not is_number(self.cond_drop) or not 0.0 <= self.cond_drop < 1.0:
             raise bad("cond_drop", "must lie in [0, 1): the probability of dropping a label to the null label")
+        if self.image_size is not None and (not is_int(self.image_size) or not 1 <= self.image_size <= 4096):
+            raise bad("image_size", "must be None (the data's own size) or a side in [1, 4096] pixels")
+        if self.channels not in (1, 3):
+            raise bad("channels", "must be 1 (grayscale) or 3 (RGB)")
+        if not self.extensions or not all(isinstance(e, str) and e.strip(". ") for e in self.extensions):
+            raise bad("extensions", "must list file extensions such as .png,.jpg")
         if self.device not in DEVICES:
             raise bad("device", f"must be one of {DEVICES}")
         if self.precision not in PRECISIONS:
@@ -173,4 +210,7 @@ class TrainConfig(DictConfig):
 
 # Fields that change the optimisation itself. Resuming with different values is allowed (e.g. a lower lr for
 # a second phase) but logged as a warning: the continuation is then no longer the uninterrupted run.
-RECIPE_FIELDS = ("batch_size", "lr", "warmup_steps", "weight_decay", "ema_decay", "grad_clip")
+# The run's end moves a decaying lr schedule, so with one these are recipe fields too.
+HORIZON_FIELDS = ("max_steps", "max_minutes", "num_epochs")
+RECIPE_FIELDS = ("batch_size", "lr", "lr_schedule", "warmup_steps", "weight_decay", "ema_decay", "ema_gamma",
+                 "loss_weighting", "min_snr_gamma", "grad_clip", *HORIZON_FIELDS)

@@ -1,8 +1,10 @@
 """The run's metrics: ``metrics.csv`` (one row per logging interval) and the ``loss.png`` curve.
 
 Columns: ``step`` (optimizer steps done), ``epoch`` (1-based epoch of that step), ``loss`` (mean L_simple
-over the interval), ``lr``, ``images_per_s`` (over the interval, wall clock), ``elapsed_s`` (training time
-of this invocation).
+over the interval), ``lr``, ``images_per_s`` (over the interval, wall clock), ``elapsed_s`` (the run's
+training clock, over resumes), ``grad_norm`` (mean global gradient norm before clipping).
+
+With ``--tensorboard`` the same scalars, and image grids, also go to a :class:`TensorBoardLog`.
 
 On resume, rows after the checkpoint's step (written before a crash, then redone) are dropped, so the
 file describes exactly one history.
@@ -18,7 +20,8 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s")
+COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "grad_norm")
+TENSORBOARD_HINT = "pip install -r requirements/tensorboard.txt"
 
 
 class MetricsLog:
@@ -49,12 +52,13 @@ class MetricsLog:
         return {
             "step": int(row["step"]), "epoch": int(row["epoch"]), "loss": f"{row['loss']:.6g}",
             "lr": f"{row['lr']:.6g}", "images_per_s": f"{row['images_per_s']:.1f}",
-            "elapsed_s": f"{row['elapsed_s']:.1f}",
+            "elapsed_s": f"{row['elapsed_s']:.1f}", "grad_norm": f"{row['grad_norm']:.4g}",
         }
 
-    def append(self, step: int, epoch: int, loss: float, lr: float, images_per_s: float, elapsed_s: float) -> None:
+    def append(self, step: int, epoch: int, loss: float, lr: float, images_per_s: float, elapsed_s: float,
+               grad_norm: float = math.nan) -> None:
         row = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images_per_s,
-               "elapsed_s": elapsed_s}
+               "elapsed_s": elapsed_s, "grad_norm": grad_norm}
         self.rows.append(row)
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=COLUMNS).writerow(self._format(row))
@@ -67,7 +71,8 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
         for raw in csv.DictReader(f):
             try:
-                row = {k: float(raw[k]) for k in COLUMNS}
+                row = {k: float(raw[k]) for k in COLUMNS if k != "grad_norm"}
+                row["grad_norm"] = float(raw.get("grad_norm") or "nan")  # not in files of older runs
             except (TypeError, ValueError, KeyError):
                 continue
             row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
@@ -107,3 +112,34 @@ def plot_loss(rows: list[dict[str, float]], out_path: str | Path) -> Path | None
     fig.savefig(tmp)
     os.replace(tmp, out_path)
     return out_path
+
+
+class TensorBoardLog:
+    """Scalars and image grids for TensorBoard, in ``log_dir`` (``task_name/tb``); needs the optional
+    ``tensorboard`` package, checked when this is built so a run never fails half-way for want of it."""
+
+    def __init__(self, log_dir: str | Path, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError(f"--tensorboard needs the tensorboard package: {TENSORBOARD_HINT}") from None
+        # purge_step: on resume, TensorBoard hides events after the checkpoint's step (redone after a crash)
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def scalars(self, step: int, **values: float) -> None:
+        for name, value in values.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(f"train/{name}", value, step)
+        self.writer.flush()
+
+    def image(self, tag: str, image_path: str | Path, step: int) -> None:
+        """A PNG written by the run (progress frame, sample grid), as TensorBoard shows images: HWC uint8."""
+        import numpy as np
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(image_path).convert("RGB"))
+        self.writer.add_image(tag, pixels, step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

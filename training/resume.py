@@ -14,7 +14,7 @@ import torch
 from models import UNetConfig
 from scheduler import DiffusionConfig
 from training.checkpoint import RESUME_KEYS, CheckpointError, configs_from_checkpoint
-from training.config import RECIPE_FIELDS, TrainConfig
+from training.config import HORIZON_FIELDS, RECIPE_FIELDS, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,10 @@ def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: 
     if missing:
         raise CheckpointError(f"{source} cannot be resumed: it has no {missing} (a sampling-only export?)")
     saved_model, saved_diffusion = configs_from_checkpoint(ckpt, source)
-    diffs = config_differences(saved_model.to_dict(), model_config.to_dict())
+    requested_model = model_config.to_dict()
+    if requested_model["image_size"] is None:  # not known before the data is read; checked against it then
+        requested_model["image_size"] = saved_model.image_size
+    diffs = config_differences(saved_model.to_dict(), requested_model)
     if diffs:
         raise CheckpointError(f"{source} holds a different model (pass the --model it was trained with, "
                               f"{ckpt['train_config'].get('model')!r}?): " + "; ".join(diffs))
@@ -46,8 +49,9 @@ def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: 
     if saved_train.get("seed") != config.seed:
         raise CheckpointError(f"{source} was trained with --seed {saved_train.get('seed')}, not {config.seed}; "
                               "the seed fixes the data order, so pass the same --seed to resume")
-    saved = {k: saved_train.get(k) for k in RECIPE_FIELDS}
-    requested = {k: getattr(config, k) for k in RECIPE_FIELDS}
+    fields = [k for k in RECIPE_FIELDS if k not in HORIZON_FIELDS or config.lr_schedule != "constant"]
+    saved = {k: saved_train.get(k) for k in fields}
+    requested = {k: getattr(config, k) for k in fields}
     if isinstance(saved["batch_size"], int):
         saved["batch_size"] *= int(ckpt.get("world_size", 1))
     requested["batch_size"] *= world_size

@@ -20,6 +20,7 @@ channels_last come from :mod:`training.performance`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -33,9 +34,9 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from common.progress import progress_bar
 from dataset import MNISTDataset, ensure_mnist_images
 from models import UNet, UNetConfig
 from scheduler import DiffusionConfig, LinearNoiseScheduler
@@ -51,11 +52,11 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.distributed import DistContext, PeerSetupError, resolve_device
 from training.ema import EMA
-from training.metrics_log import MetricsLog, plot_loss
+from training.metrics_log import MetricsLog, TensorBoardLog, plot_loss
 from training.performance import Performance, resolve_performance, to_memory_format
 from training.resume import check_resumable, restore_rng
 from training.run_lock import RunLock
-from training.visualization import ProgressVisualizer, assemble_gif
+from training.visualization import ProgressVisualizer, assemble_gif, draw_final_samples
 
 logger = logging.getLogger(__name__)
 
@@ -73,24 +74,38 @@ class TrainResult:
     checkpoint: Path
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warm-up from lr/warmup_steps to lr over the first ``warmup_steps`` steps, then constant."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    return config.lr
+def run_progress(step: int, last_step: int, seconds: float, max_seconds: float) -> float:
+    """How far the run is towards its end, in [0, 1]: the larger of the step fraction and, under
+    ``--max-minutes``, the fraction of the training clock spent (both are in the checkpoint)."""
+    return min(1.0, max(step / last_step, seconds / max_seconds))
+
+
+def lr_at(step: int, progress: float, config: TrainConfig) -> float:
+    """Linear warm-up to the peak lr over ``warmup_steps`` steps, times ½(1 + cos(π·progress)) for ``cosine``."""
+    lr = config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+    if config.lr_schedule == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
 
 
 def l_simple(model: torch.nn.Module, scheduler: LinearNoiseScheduler, x0: torch.Tensor, t: torch.Tensor,
-             eps: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+             eps: torch.Tensor, context: torch.Tensor | None = None, min_snr_gamma: float | None = None
+             ) -> torch.Tensor:
     """L_simple = E‖ε − ε_θ(x_t, t[, c])‖², x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε  (Eq. 14).
 
-    x0, eps: [B, C, H, W]; t: [B]; context: [B, M, context_dim] for a conditional model.
+    x0, eps: [B, C, H, W]; t: [B]; context: [B, M, context_dim] for a conditional model. With ``min_snr_gamma``
+    each sample's error is weighted by min(SNR_t, γ)/SNR_t, SNR_t = ᾱ_t/(1−ᾱ_t) (min-SNR-γ, Hang et al. 2023, in
+    its ε-prediction form): the easy low-noise steps count less.
 
     Under ``torch.autocast`` only the model runs in reduced precision: x_t is elementwise arithmetic on the fp32
     schedule, x0 and ε (which autocast leaves in fp32), and the loss is taken in fp32."""
     x_t = scheduler.add_noise(x0, eps, t)
     eps_pred = model(x_t, t) if context is None else model(x_t, t, context=context)
-    return torch.nn.functional.mse_loss(eps_pred.float(), eps)
+    if min_snr_gamma is None:
+        return torch.nn.functional.mse_loss(eps_pred.float(), eps)
+    per_sample = (eps_pred.float() - eps).pow(2).flatten(1).mean(1)  # [B]
+    snr = scheduler.alphas_cumprod[t] / (1.0 - scheduler.alphas_cumprod[t])
+    return (per_sample * snr.clamp(max=min_snr_gamma) / snr).mean()
 
 
 class _StopFlag:
@@ -151,12 +166,13 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
     run_dir = config.run_dir
     ckpt_path = config.ckpt_path
     lock = RunLock(run_dir)  # taken by rank 0 only: the one process that writes
-    visualize = None
+    visualize = tb = None
     setup_done = False
     try:
         # Rank 0 takes the lock; one rank per machine builds the MNIST PNG tree on first use, before any reads it.
         if ctx.is_main:
             lock.acquire()
+            _refuse_to_replace(ckpt_path, resume_from, config.overwrite)
             remove_stale_temp_files(ckpt_path)
         if ctx.local_rank == 0 and dataset is None:
             ensure_mnist_images(config.data_path)
@@ -169,7 +185,11 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         # ------------------------------------------------------------ data
         if dataset is None:
             data_path = ensure_mnist_images(config.data_path)
-            dataset = MNISTDataset.from_folder(data_path, cache=config.cache)
+            dataset = MNISTDataset.from_folder(data_path, config.extensions, config.channels, config.image_size,
+                                               config.cache, config.skip_bad)
+        model_config = _fit_model_to_data(model_config, dataset, config.data_path,
+                                          ckpt["model_config"] if ckpt is not None else None)
+        class_names = [str(c) for c in getattr(dataset, "classes", [])] or None
         if config.conditional and hasattr(dataset, "classes") and len(dataset.classes) != model_config.num_classes:
             raise ValueError(f"{config.data_path} has {len(dataset.classes)} classes {dataset.classes} but the "
                              f"model is built for num_classes={model_config.num_classes}; pass --num-classes "
@@ -188,12 +208,13 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         model = UNet(model_config).to(device)
         if perf.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        ema = EMA(model, config.ema_decay)
+        ema = EMA(model, config.ema_decay, config.ema_gamma)
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         scaler = perf.grad_scaler(device)  # loss scaling for fp16; a pass-through otherwise
         scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=device)
         noise_gen = torch.Generator(device=device).manual_seed(derived_seed(config.seed, 2))  # t, ε, label drops
         step, epoch, offset = 0, 0, 0
+        clock = 0.0  # seconds of training so far, over all resumes: drives --max-minutes and the LR schedule
 
         # ------------------------------------------------------------ resume
         if ckpt is not None:
@@ -206,6 +227,7 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
             if ckpt.get("grad_scaler") and scaler.is_enabled():
                 scaler.load_state_dict(ckpt["grad_scaler"])
             step, epoch, offset = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["data_offset"])
+            clock = float(ckpt.get("train_seconds", 0.0))
             restore_rng(ckpt["rng"], noise_gen, device, str(resume_from))
             if ckpt["num_samples"] != N:
                 logger.warning("%s was trained on %d images, this dataset has %d: the data order differs from "
@@ -216,6 +238,8 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                         epoch + 1, offset)
         metrics = None
         if ctx.is_main:
+            if config.tensorboard:
+                tb = TensorBoardLog(run_dir / "tb", purge_step=step + 1 if ckpt is not None else None)
             metrics = MetricsLog(run_dir / "metrics.csv", resume_step=step if ckpt is not None else None)
             _write_config_json(run_dir / "config.json", config, model_config, diffusion_config, ctx, perf, model,
                                resume_from)
@@ -247,6 +271,7 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
             state = {
                 "format": FORMAT,
                 "model_config": model_config.to_dict(),
+                "class_names": class_names,
                 "diffusion_config": diffusion_config.to_dict(),
                 "train_config": config.to_dict(),
                 "model": model.state_dict(),
@@ -256,6 +281,7 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 "step": step,
                 "epoch": epoch,
                 "data_offset": offset,
+                "train_seconds": clock_now(),
                 "num_samples": N,
                 "world_size": world,
                 "rng": {
@@ -272,12 +298,16 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         # ------------------------------------------------------------ loop
         end_offset = epoch_end_offset(N, global_batch)
         max_seconds = 60 * config.max_minutes if config.max_minutes is not None else math.inf
+        min_snr_gamma = config.min_snr_gamma if config.loss_weighting == "min-snr" else None
         stop_reason = None  # set to "completed", "max_steps", "max_minutes" or "interrupted"
         last_saved = step if resume_from is not None else None
         last_loss = math.nan
-        window = {"loss": 0.0, "steps": 0, "images": 0}
+        window = {"loss": 0.0, "steps": 0, "images": 0, "grad_norm": 0.0}
         share = functools.partial(rank_slice, rank=ctx.rank, world_size=world)  # this rank's rows of a global batch
         t_start = t_window = time.perf_counter()
+
+        def clock_now() -> float:
+            return clock + time.perf_counter() - t_start
 
         def log_window(lr: float) -> None:
             nonlocal last_loss, t_window
@@ -286,11 +316,14 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
             now = time.perf_counter()
             last_loss = window["loss"] / window["steps"]
             ips = window["images"] / max(now - t_window, 1e-9)  # all ranks' images
+            grad_norm = window["grad_norm"] / window["steps"]
             if metrics is not None:
-                metrics.append(step, epoch + 1, last_loss, lr, ips, now - t_start)
+                metrics.append(step, epoch + 1, last_loss, lr, ips, clock_now(), grad_norm)
+            if tb is not None:
+                tb.scalars(step, loss=last_loss, lr=lr, images_per_s=ips, grad_norm=grad_norm)
             bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{ips:.0f}")
             logger.info("step %d epoch %d loss %.4f lr %.2e %.0f img/s", step, epoch + 1, last_loss, lr, ips)
-            window.update(loss=0.0, steps=0, images=0)
+            window.update(loss=0.0, steps=0, images=0, grad_norm=0.0)
             t_window = now
 
         model.train()
@@ -299,12 +332,15 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 if step >= last_step or epoch >= config.num_epochs:
                     stop_reason = "completed" if step >= total_steps or epoch >= config.num_epochs else "max_steps"
                     break
-                bar = tqdm(total=steps_per_epoch, initial=offset // global_batch, unit="step",
+                if clock > max_seconds:  # resumed with the --max-minutes budget already spent
+                    stop_reason = "max_minutes"
+                    break
+                bar = progress_bar(total=steps_per_epoch, initial=offset // global_batch, unit="step",
                            desc=f"epoch {epoch + 1}/{config.num_epochs}", dynamic_ncols=True, leave=False,
                            disable=not ctx.is_main)
-                lr = lr_at(step, config)
+                lr = math.nan
                 for x0, labels in batches(epoch, offset):
-                    lr = lr_at(step, config)
+                    lr = lr_at(step, run_progress(step, last_step, clock_now(), max_seconds), config)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
                     # t, ε (and label drops) are drawn for the global batch on every rank and sliced like the
@@ -318,10 +354,10 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                         labels = model.label_embedding.drop_labels(labels, config.cond_drop, noise=u)
                         context = model.label_context(labels)
                     with perf.autocast(device):
-                        loss = l_simple(forward, scheduler, to_memory_format(x0, perf), t, eps, context)
+                        loss = l_simple(forward, scheduler, to_memory_format(x0, perf), t, eps, context, min_snr_gamma)
                     # One all-reduce: the global mean loss, and whether any rank must stop after this step.
                     loss_value, (stop_requested, out_of_time) = ctx.reduce_step(
-                        loss, stop.requested, time.perf_counter() - t_start > max_seconds)
+                        loss, stop.requested, clock_now() > max_seconds)
                     if not math.isfinite(loss_value):
                         _diverged(f"loss is {loss_value}", step + 1, epoch + 1, ckpt_path, last_saved)
                     optimizer.zero_grad(set_to_none=True)
@@ -343,12 +379,15 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                     window["loss"] += loss_value
                     window["steps"] += 1
                     window["images"] += n
+                    window["grad_norm"] += float(grad_norm)
                     bar.update(1)
 
                     if step % config.log_every == 0:
                         log_window(lr)
                     if visualize is not None and step % config.viz_interval == 0:
-                        visualize(ema.model, epoch + 1, step)
+                        frame = visualize(ema.model, epoch + 1, step)
+                        if tb is not None and frame is not None:
+                            tb.image("denoising_progress", frame, step)
                     if step >= last_step:
                         stop_reason = "completed" if step >= total_steps else "max_steps"
                     elif out_of_time:
@@ -377,9 +416,17 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                         "max_minutes": "reached --max-minutes", "interrupted": "interrupted"}[stop_reason])
         if visualize is not None and config.viz_save:
             assemble_gif(run_dir / "viz")
+        grid = None
+        if ctx.is_main and config.final_samples and stop_reason != "interrupted":
+            grid = draw_final_samples(ema.model, scheduler, config.final_samples, model_config, run_dir / "samples",
+                                      config.seed, device)
+            if tb is not None:
+                tb.image("samples", grid, step)
         ctx.barrier()  # return once rank 0's files are complete, e.g. for a resume in the same program
-        logger.info("stopped (%s) at step %d, %d epoch(s) complete; last loss %.4f; checkpoint %s", stop_reason,
-                    step, epoch, last_loss, ckpt_path)
+        logger.info("stopped (%s) at step %d, %d epoch(s) complete; last loss %.4f", stop_reason, step, epoch,
+                    last_loss)
+        if ctx.is_main:
+            _log_where_things_are(config, ckpt_path, grid, visualize is not None and config.viz_save)
         return TrainResult(step, epoch, last_loss, stop_reason, ckpt_path)
     except Exception as err:
         if not setup_done and not isinstance(err, PeerSetupError):
@@ -388,7 +435,59 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
     finally:
         if visualize is not None:
             visualize.close()
+        if tb is not None:
+            tb.close()
         lock.release()
+
+
+def _refuse_to_replace(ckpt_path: Path, resume_from: str | Path | None, overwrite: bool) -> None:
+    """A run may only write over ``ckpt_path`` when it continues that very checkpoint or was told to replace it."""
+    if overwrite or not ckpt_path.exists():
+        return
+    if resume_from is not None and Path(resume_from).resolve() == ckpt_path.resolve():
+        return
+    try:
+        what = f"a step-{int(load_checkpoint(ckpt_path)['step'])} checkpoint"
+    except (OSError, ValueError, KeyError, TypeError):
+        what = "a checkpoint (unreadable)"
+    continue_it = (f"--resume {resume_from} with another --task-name or --ckpt-save-name" if resume_from is not None
+                   else "--resume to continue it")
+    raise ValueError(f"{ckpt_path} already holds {what}; this run would replace it. Pass {continue_it}, or "
+                     "--overwrite to start afresh over it")
+
+
+def _fit_model_to_data(model_config: UNetConfig, dataset, data_path: str, saved: dict | None) -> UNetConfig:
+    """The model config with the data's image size and channels recorded (sampling draws that size)."""
+    shape = tuple(dataset[0][0].shape)  # (C, H, W)
+    C, H, W = shape
+    if H != W:
+        raise ValueError(f"{data_path} holds {H}×{W} images; the model needs square ones: pass --image-size N to "
+                         "resize them")
+    if C != model_config.im_channels:
+        raise ValueError(f"{data_path} gives {C}-channel images but the model expects {model_config.im_channels}; "
+                         "pass --channels to match")
+    if saved is not None and saved.get("image_size") not in (None, H):
+        raise ValueError(f"the checkpoint was trained on {saved['image_size']}×{saved['image_size']} images, this "
+                         f"data is {H}×{H}: resume with the same data or pass --image-size {saved['image_size']}")
+    if model_config.image_size not in (None, H):
+        raise ValueError(f"the model is configured for {model_config.image_size}×{model_config.image_size} images "
+                         f"but {data_path} gives {H}×{H}")
+    return dataclasses.replace(model_config, image_size=H)  # validates: H must survive the down-samples
+
+
+def _log_where_things_are(config: TrainConfig, ckpt_path: Path, grid: Path | None, gif: bool) -> None:
+    run = config.run_dir
+    logger.info("checkpoint:  %s", ckpt_path)
+    if grid is not None:
+        logger.info("samples:     %s (and samples.npz)", grid)
+    logger.info("loss curve:  %s (metrics.csv beside it)", run / "loss.png")
+    if gif:
+        logger.info("progress:    %s", run / "viz" / "progress.gif")
+    if config.tensorboard:
+        logger.info("tensorboard: tensorboard --logdir %s", run / "tb")
+    logger.info("continue:    python main.py --train-ddpm-model --task-name %s --resume (with a larger --max-steps, "
+                "--num-epochs or --max-minutes)", run)
+    logger.info("sample:      python main.py --eval-ddpm-model --ckpt-file %s --num-samples 100", ckpt_path)
 
 
 def _diverged(what: str, step: int, epoch: int, ckpt_path: Path, last_saved: int | None) -> None:

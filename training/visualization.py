@@ -22,6 +22,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from sampling import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_SAMPLER,
+    SamplerConfig,
+    class_conditional_eps_fns,
+    labels_in_rows,
+    model_eps_fn,
+    sample_images,
+    save_grid_png,
+    save_samples_npz,
+)
 from scheduler import LinearNoiseScheduler
 
 logger = logging.getLogger(__name__)
@@ -203,3 +214,31 @@ def assemble_gif(viz_dir: str | Path, out_path: str | Path | None = None, max_fr
     os.replace(tmp, out_path)
     logger.info("wrote %s (%d frames)", out_path, len(frames))
     return out_path
+
+
+def draw_final_samples(model: torch.nn.Module, scheduler: LinearNoiseScheduler, num_samples: int, model_config,
+                       out_dir: Path, seed: int, device: torch.device) -> Path:
+    """What the trained model draws: ``num_samples`` images with the default sampler (a class-conditional model
+    draws one class per grid row, at the default guidance scale) → ``out_dir/grid.png`` and ``samples.npz``."""
+    config = SamplerConfig(DEFAULT_SAMPLER)
+    size = model_config.image_size or 28
+    eps_fn = batch_eps_fn = labels = None
+    if model_config.conditional:
+        labels = labels_in_rows(list(range(model_config.num_classes)), num_samples)
+        batch_eps_fn = class_conditional_eps_fns(model, labels, DEFAULT_GUIDANCE_SCALE)
+    else:
+        eps_fn = model_eps_fn(model)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        result = sample_images(eps_fn, scheduler, num_samples, config, batch_eps_fn=batch_eps_fn, device=device,
+                               image_shape=(model_config.im_channels, size, size),
+                               generator=torch.Generator().manual_seed(seed))
+    model.train(was_training)
+    rows = model_config.num_classes if model_config.conditional else round(num_samples ** 0.5)
+    grid = save_grid_png(result.images, out_dir / "grid.png", max(1, min(rows, num_samples)))
+    save_samples_npz(result.images, out_dir / "samples.npz",
+                     {"sampler": config.describe(scheduler.num_timesteps), "seed": seed,
+                      "labels": labels.tolist() if labels is not None else None})
+    logger.info("%d samples (%s, EMA weights) → %s", num_samples, config.describe(scheduler.num_timesteps), grid)
+    return grid

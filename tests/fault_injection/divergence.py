@@ -64,7 +64,9 @@ def check_divergence(work: Path, data: Path, kind: str, at_step: int, ckpt_every
     name = f"{kind} at step {at_step}" + (f" after a resume at step {resume_at}" if resume_at else "") + \
         (f" ({' '.join(extra)})" if extra else "")
     run = work / re.sub(r"\W+", "_", name)
-    flags = ("--ckpt-every", str(ckpt_every), "--num-epochs", "3", *extra)
+    # A constant lr: the clean reference stops at step k through --max-steps k, which would move a decaying
+    # schedule's end (the lr is a function of the run's horizon) and change the weights it is compared with.
+    flags = ("--ckpt-every", str(ckpt_every), "--num-epochs", "3", "--lr-schedule", "constant", *extra)
     flag_slug = re.sub(r"\W+", "_", " ".join(extra))
     clean_dir = lambda step: work / f"clean_{step}_{flag_slug}"  # noqa: E731
     if resume_at:

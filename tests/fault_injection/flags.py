@@ -38,6 +38,8 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
     ("--viz-t", "-1"): "the last timestep (documented)",
     ("--eta", "0"): "deterministic DDIM",
     ("--guidance-scale", "0"): "unconditional sampling (documented)",
+    ("--ema-gamma", "0"): "γ = 0: the EMA is the running mean of every weight so far",
+    ("--final-samples", "0"): "no samples at the end of the run (documented)",
 }
 
 # Values that once passed the parser and config validation although they cannot work (they crashed, hung or
