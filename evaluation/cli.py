@@ -196,6 +196,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if getattr(args, "num_threads", 0):  # shared with training; 1 is fastest on an oversubscribed CPU
         torch.set_num_threads(args.num_threads)
     ckpt_path = Path(args.ckpt_file)
+    if ckpt_path.is_dir():
+        logger.error("--ckpt-file %s is a folder; pass the .pth file inside it (e.g. %s)", ckpt_path,
+                     ckpt_path / "test_001.pth")
+        return EXIT_USER_ERROR
     if not ckpt_path.is_file():
         logger.error("%s", _checkpoint_missing_message(ckpt_path))
         return EXIT_USER_ERROR
@@ -232,6 +236,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                        if args.label or args.labels else list(range(num_classes)))
         except ValueError as err:
             logger.error("%s", err)
+            return EXIT_USER_ERROR
+        if len(classes) > args.num_samples:
+            logger.error("--num-samples %d cannot show the %d classes asked for; pass --num-samples %d or more",
+                         args.num_samples, len(classes), len(classes))
             return EXIT_USER_ERROR
         requested = labels_in_rows(classes, args.num_samples)
         guidance = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale

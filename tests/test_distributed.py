@@ -247,4 +247,5 @@ def test_torchrun_main_py_trains_class_conditional_through_the_dataloader_like_o
     log = torchrun(tmp_path, "main.py", *args(run, data48, 4, *COND, "--no-cache"))
     assert "stopped (max_steps) at step 4" in log, log[-5000:]
     assert_same_training(reference / "cond", run)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "samples", "test_001.pth"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "samples",
+                                                     "test_001.pth"]

@@ -180,3 +180,46 @@ def test_extensions_flag_reads_other_files(tmp_path):
             Image.fromarray(np.zeros((28, 28), np.uint8)).save(data / c / f"{i}.bmp")
     assert entry.main(train_argv(tmp_path / "run", data, "--extensions", "bmp")) == 0
     assert torch.load(tmp_path / "run" / "test_001.pth", weights_only=True)["train_config"]["extensions"] == (".bmp",)
+
+
+# ---------------------------------------------------------------------------------------------- mistakes
+def test_a_changed_weight_decay_on_resume_is_applied(tmp_path):
+    run = tmp_path / "run"
+    data = write_images(tmp_path / "data", ["0", "1"], per_class=4)
+    assert entry.main(train_argv(run, data, "--final-samples", "0")) == 0
+    assert load_checkpoint(run / "test_001.pth")["optimizer"]["param_groups"][0]["weight_decay"] == 0.0
+    assert entry.main(train_argv(run, data, "--final-samples", "0", "--max-steps", "3", "--weight-decay", "0.01",
+                                 "--resume")) == 0
+    ckpt = load_checkpoint(run / "test_001.pth")
+    assert ckpt["train_config"]["weight_decay"] == 0.01
+    assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.01}  # used, not only logged
+
+
+@pytest.mark.parametrize("name, why", [(" ", "plain file name"), (" a.pth", "plain file name"),
+                                       ("x" * 252 + ".pth", "at most 200 bytes")])
+def test_bad_checkpoint_names_are_refused_before_training(tmp_path, capsys, name, why):
+    data = write_images(tmp_path / "data", ["0", "1"], per_class=4)
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main(train_argv(tmp_path / "run", data, "--ckpt-save-name", name))
+    assert exit_info.value.code == 2 and why in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_names_a_folder_given_as_checkpoint_and_too_few_samples_for_the_labels(tmp_path, caplog):
+    with caplog.at_level(logging.ERROR):
+        assert entry.main(["--eval-ddpm-model", "--ckpt-file", str(tmp_path), "--task-name", str(tmp_path / "o")]) == 2
+    assert "is a folder" in caplog.text
+    from models import UNet
+    from training.checkpoint import FORMAT, save_checkpoint
+    from training.config import TrainConfig
+
+    model = UNet.from_preset("tiny", attn=(False, True), context_dim=8, num_classes=10)
+    ckpt = tmp_path / "cond.pth"
+    save_checkpoint(ckpt, {"format": FORMAT, "model_config": model.config.to_dict(),
+                           "diffusion_config": {"num_timesteps": 10, "beta_start": 1e-4, "beta_end": 0.02},
+                           "train_config": TrainConfig(conditional=True).to_dict(), "model": model.state_dict(),
+                           "ema": None, "step": 1, "epoch": 0})
+    with caplog.at_level(logging.ERROR):
+        assert entry.main(["--eval-ddpm-model", "--ckpt-file", str(ckpt), "--labels", "0,1,2,3,4,5",
+                           "--num-samples", "2", "--task-name", str(tmp_path / "p")]) == 2
+    assert "--num-samples 2 cannot show the 6 classes" in caplog.text and not (tmp_path / "p").exists()

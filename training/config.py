@@ -21,6 +21,7 @@ from dataset.paths import DEFAULT_DATA_PATH
 from models.config_dict import DictConfig
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_NAME_BYTES = 200  # checkpoint names: the temporary file of an atomic write adds a suffix within 255 bytes
 # Written beside the checkpoint:
 RUN_FILES = frozenset({"config.json", "metrics.csv", "loss.png", "viz", "samples", "tb"})
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -180,8 +181,11 @@ class TrainConfig(DictConfig):
         if not self.task_name or not str(self.task_name).strip():
             raise bad("task_name", "must name a folder")
         name = self.ckpt_save_name
-        if not name or Path(name).name != name or name in (".", ".."):
+        if not name or not name.strip() or name != name.strip() or Path(name).name != name or name in (".", ".."):
             raise bad("ckpt_save_name", "must be a plain file name (it is written inside task_name)")
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise bad("ckpt_save_name", f"must be at most {MAX_NAME_BYTES} bytes: the atomic write adds a "
+                                        "temporary suffix and file names are limited to 255 bytes")
         if name in RUN_FILES or name.startswith("."):
             raise bad("ckpt_save_name", f"must not be hidden or one of the run's own files {sorted(RUN_FILES)}")
         if self.lr * self.weight_decay >= 1:

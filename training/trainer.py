@@ -224,6 +224,8 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                 optimizer.load_state_dict(ckpt["optimizer"])
             except (ValueError, KeyError, RuntimeError) as err:
                 raise CheckpointError(f"{resume_from}: optimizer state does not fit the model ({err})") from None
+            for group in optimizer.param_groups:  # the requested recipe, not the saved one (logged if changed)
+                group["weight_decay"] = config.weight_decay
             if ckpt.get("grad_scaler") and scaler.is_enabled():
                 scaler.load_state_dict(ckpt["grad_scaler"])
             step, epoch, offset = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["data_offset"])
