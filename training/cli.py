@@ -65,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ema-gamma", type=types.ema_gamma, default=_DEFAULTS.ema_gamma,
                    help="gamma of the power-law EMA: 6.94 averages about the last 10%% of the run so far")
     g.add_argument("--loss-weighting", default=_DEFAULTS.loss_weighting, choices=LOSS_WEIGHTINGS,
-                   help="uniform: the paper's L_simple; min-snr: weight each t by min(SNR_t, gamma)/SNR_t "
-                        "(Hang et al. 2023), still predicting the noise")
+                   help="min-snr: weight each t by min(SNR_t, gamma)/SNR_t (Hang et al. 2023), still predicting "
+                        "the noise; uniform: the paper's L_simple")
     g.add_argument("--min-snr-gamma", type=types.snr_gamma, default=_DEFAULTS.min_snr_gamma,
                    help="gamma of --loss-weighting min-snr")
     g.add_argument("--grad-clip", type=types.non_negative_float, default=_DEFAULTS.grad_clip,

@@ -5,8 +5,9 @@ The model and the diffusion process have their own configs (:class:`models.UNetC
 command line in one place (:func:`training.cli.build_configs`) and the trainer never sees argparse.
 
 The recipe is Algorithm 1 with AdamW, a linear LR warm-up followed by a cosine decay to zero at the end of
-the run (the end is ``max_steps``, ``num_epochs`` or ``max_minutes``, whichever comes first), gradient
-clipping at 1.0 (the paper's) and a power-law EMA of the weights (:mod:`training.ema`). Why each default was
+the run (the end is ``max_steps``, ``num_epochs`` or ``max_minutes``, whichever comes first), the min-SNR-γ
+weighting of the ε-prediction loss, gradient clipping at 1.0 (the paper's) and a power-law EMA of the weights
+(:mod:`training.ema`). Why each default was
 chosen, with the measurements, is in ``benchmarks/RESULTS.md``. ``precision``, ``compile`` and
 ``channels_last`` default to the fastest safe choice for the device (:mod:`training.performance`).
 """
@@ -44,8 +45,8 @@ class TrainConfig(DictConfig):
         weight_decay: AdamW decoupled weight decay.
         ema_decay: cap on the EMA decay d_t = min(ema_decay, (1 − 1/t)^(γ+1)).
         ema_gamma: the power-law EMA's γ (6.94: the average spans ~10 % of the run so far).
-        loss_weighting: ``uniform`` is the paper's L_simple; ``min-snr`` weights each t by
-            min(SNR_t, γ)/SNR_t (Hang et al. 2023), still predicting ε.
+        loss_weighting: ``min-snr`` weights each t by min(SNR_t, γ)/SNR_t (Hang et al. 2023), still predicting
+            ε; ``uniform`` is the paper's L_simple.
         min_snr_gamma: the γ of ``min-snr``.
         grad_clip: clip the global gradient norm to this; ``None`` disables clipping.
         seed: seeds the model init, the data order (per epoch) and the t/ε generator.
@@ -90,7 +91,7 @@ class TrainConfig(DictConfig):
     weight_decay: float = 0.0
     ema_decay: float = 0.9999
     ema_gamma: float = 6.94
-    loss_weighting: str = "uniform"
+    loss_weighting: str = "min-snr"
     min_snr_gamma: float = 5.0
     grad_clip: float | None = 1.0
     seed: int = 0

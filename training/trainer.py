@@ -3,8 +3,9 @@
     repeat: x0 ~ q(x0);  t ~ Uniform{0, …, T−1};  ε ~ N(0, I)
             gradient step on  ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖²      (L_simple, Eq. 14)
 
-with AdamW, a linear LR warm-up, optional gradient clipping and an EMA of the weights (used for
-visualisation and, through the checkpoint, for sampling).
+with AdamW, a linear LR warm-up and cosine decay, optional gradient clipping and an EMA of the weights (used for
+visualisation and, through the checkpoint, for sampling). By default each sample's squared error is weighted by
+min(SNR_t, γ)/SNR_t (min-SNR-γ, Hang et al. 2023; ``--loss-weighting uniform`` is exactly L_simple).
 
 Exact resume: the data order is a function of (seed, epoch, offset) (see :mod:`training.batching`), t and
 ε come from a dedicated generator whose state is checkpointed, the LR and EMA decay are functions of the
