@@ -15,6 +15,7 @@ count. Create the MNIST trees with ``python scripts/prepare_mnist.py``.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -123,6 +124,7 @@ class MNISTDataset(Dataset):
         self._resize_to = _parse_image_size(image_size)
         self.image_size: tuple[int, int] | None = self._resize_to
         self._first_path: Path | None = None  # the image that fixed image_size when it was None
+        self._size_by_majority = False  # skip_bad: image_size is the most common size (see _fix_size_by_majority)
         self._images: torch.Tensor | None = None  # uint8 (N, C, H, W) when cached
 
         self.classes, samples = scan_class_folders(self.root, extensions)
@@ -130,12 +132,32 @@ class MNISTDataset(Dataset):
         self.samples: list[tuple[Path, int]] = samples
         self.skipped: list[tuple[Path, str]] = []
 
+        if skip_bad and self._resize_to is None:
+            self._fix_size_by_majority()
         if cache:
             self._build_cache()
         elif skip_bad:
             self._check_all(full_decode=True)
         else:
             self._check_all(full_decode=False)
+
+    def _fix_size_by_majority(self) -> None:
+        """With skip_bad, the expected size is the most common one, not the first file's: one odd file listed
+        first must not get every good image skipped. Reads headers only; unreadable files are left to the
+        main pass, which skips them."""
+        counts: Counter[tuple[int, int]] = Counter()
+        first: dict[tuple[int, int], Path] = {}
+        for path, _ in self.samples:
+            try:
+                size = probe_image(path)
+            except BadImageError:
+                continue
+            counts[size] += 1
+            first.setdefault(size, path)
+        if counts:
+            self.image_size = counts.most_common(1)[0][0]
+            self._first_path = first[self.image_size]
+            self._size_by_majority = True
 
     def _check_size(self, path: Path, size: tuple[int, int]) -> None:
         """First image fixes image_size (when None and not resizing); later ones must match it."""
@@ -147,7 +169,8 @@ class MNISTDataset(Dataset):
             (h, w), (eh, ew) = size, self.image_size
             raise BadImageError(
                 path,
-                f"size {h}x{w} (HxW) differs from {eh}x{ew}, the size of the first image {self._first_path}",
+                f"size {h}x{w} (HxW) differs from {eh}x{ew}, the size of "
+                + ("most images" if self._size_by_majority else f"the first image {self._first_path}"),
                 "Resize or remove it, pass --image-size N to resize every image, or --skip-bad to skip it "
                 "(image_size=, skip_bad=True in Python)",
             )

@@ -223,3 +223,15 @@ def test_eval_names_a_folder_given_as_checkpoint_and_too_few_samples_for_the_lab
         assert entry.main(["--eval-ddpm-model", "--ckpt-file", str(ckpt), "--labels", "0,1,2,3,4,5",
                            "--num-samples", "2", "--task-name", str(tmp_path / "p")]) == 2
     assert "--num-samples 2 cannot show the 6 classes" in caplog.text and not (tmp_path / "p").exists()
+
+
+def test_skip_bad_decides_the_size_by_majority_not_by_the_first_file(tmp_path, caplog):
+    from dataset import MNISTDataset
+
+    data = write_images(tmp_path / "data", ["0", "1"], per_class=20)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(data / "0" / "0.png")  # the first file listed: odd size
+    for cache in (True, False):
+        with caplog.at_level(logging.WARNING):
+            ds = MNISTDataset.from_folder(data, cache=cache, skip_bad=True)
+        assert len(ds) == 39 and ds.num_skipped == 1 and ds.skipped[0][0].name == "0.png"
+        assert ds.image_size == (28, 28) and "the size of most images" in ds.skipped[0][1]
