@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -147,6 +148,20 @@ def output_dir(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pat
     return Path(args.ckpt_file).parent
 
 
+def _unwritable(out_dir: Path) -> str | None:
+    """Why ``out_dir/samples`` cannot be written, or None: checked by creating it, as the save will."""
+    for folder in (out_dir, out_dir / "samples"):
+        if folder.exists() and not folder.is_dir():
+            return f"{folder} is a file, not a folder"
+    try:
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return f"{out_dir / 'samples'}: {err.strerror or err}"
+    if not os.access(out_dir / "samples", os.W_OK):
+        return f"{out_dir / 'samples'} is not writable"
+    return None
+
+
 def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SamplerConfig:
     """The :class:`SamplerConfig` the flags ask for; flags that do not apply to --sampler are errors."""
     name = args.sampler
@@ -249,6 +264,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         eps_fn, batch_eps_fn = model_eps_fn(model), None
 
     out_dir = output_dir(args, parser)
+    problem = _unwritable(out_dir)
+    if problem:  # before minutes of sampling, never after
+        logger.error("cannot write the samples: %s; pass another --task-name", problem)
+        return EXIT_USER_ERROR
     weights = "ema" if args.use_ema and ckpt.get("ema") is not None else "model"  # exports keep EMA in "model"
     logger.info("checkpoint %s (step %s, %r weights, T=%d) → %s; sampler %s, %d samples, seed %d",
                 ckpt_path, ckpt.get("step"), weights, T, out_dir, label, args.num_samples, args.seed)

@@ -235,3 +235,25 @@ def test_skip_bad_decides_the_size_by_majority_not_by_the_first_file(tmp_path, c
             ds = MNISTDataset.from_folder(data, cache=cache, skip_bad=True)
         assert len(ds) == 39 and ds.num_skipped == 1 and ds.skipped[0][0].name == "0.png"
         assert ds.image_size == (28, 28) and "the size of most images" in ds.skipped[0][1]
+
+
+def test_eval_refuses_an_unwritable_output_before_sampling(tmp_path, caplog):
+    run = tmp_path / "run"
+    data = write_images(tmp_path / "data", ["0", "1"], per_class=4)
+    assert entry.main(train_argv(run, data, "--final-samples", "0")) == 0
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a folder")
+    with caplog.at_level(logging.INFO):
+        assert entry.main(["--eval-ddpm-model", "--ckpt-file", str(run / "test_001.pth"), "--task-name", str(a_file),
+                           "--num-samples", "2"]) == 2
+    assert f"{a_file} is a file, not a folder" in caplog.text
+    assert "sampling 2 images" not in caplog.text  # refused before any sampling work
+
+
+def test_resuming_a_conditional_checkpoint_without_conditional_says_so(tmp_path, caplog):
+    run = tmp_path / "run"
+    data = write_images(tmp_path / "data", ["0", "1", "2"], per_class=4)
+    assert entry.main(train_argv(run, data, "--final-samples", "0", "--conditional", "--num-classes", "3")) == 0
+    with caplog.at_level(logging.ERROR):
+        assert entry.main(train_argv(run, data, "--final-samples", "0", "--max-steps", "3", "--resume")) == 2
+    assert "is a class-conditional model: resume it with --conditional --num-classes 3" in caplog.text

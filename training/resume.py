@@ -38,6 +38,11 @@ def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: 
     requested_model = model_config.to_dict()
     if requested_model["image_size"] is None:  # not known before the data is read; checked against it then
         requested_model["image_size"] = saved_model.image_size
+    if saved_model.conditional != model_config.conditional:
+        raise CheckpointError(
+            f"{source} is a {'class-conditional' if saved_model.conditional else 'unconditional'} model: resume it "
+            + (f"with --conditional --num-classes {saved_model.num_classes}" if saved_model.conditional
+               else "without --conditional"))
     diffs = config_differences(saved_model.to_dict(), requested_model)
     if diffs:
         raise CheckpointError(f"{source} holds a different model (pass the --model it was trained with, "

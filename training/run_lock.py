@@ -214,6 +214,8 @@ class RunLock:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+            except OSError as err:  # e.g. the folder became read-only: never hide the error that ended the run
+                logger.warning("could not remove the run lock %s (%s); the next run takes it over", self.path, err)
         self.held = False
 
     def __enter__(self) -> RunLock:
