@@ -23,6 +23,7 @@ size here) with training; ``--seed`` makes a run repeat exactly (same flags, sam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from evaluation.metrics import MetricsConfig, compute_metrics, format_metrics_ta
 from sampling import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_SAMPLER,
+    DEFAULT_SAMPLER_STEPS,
     DEFAULT_STEPS,
     SAMPLERS,
     NonFiniteSamplesError,
@@ -100,10 +102,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-ema", dest="use_ema", action="store_false", help="sample with the raw training weights")
     g.add_argument("--num-samples", type=types.positive_int, default=100, help="images to draw")
     g.add_argument("--num-grid-rows", type=types.positive_int, default=10, help="rows of samples/grid.png")
-    g.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
+    g.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="ddpm: ancestral sampling (Ho et al. 2020), over all T steps or respaced to --sample-steps "
                         "(Nichol & Dhariwal 2021); ddim: Song et al. (2021); dpm-solver++: DPM-Solver++(2M), "
-                        f"Lu et al. (2022). Default {DEFAULT_SAMPLER}")
+                        f"Lu et al. (2022). Default: {DEFAULT_SAMPLER} with {DEFAULT_SAMPLER_STEPS} steps")
     g.add_argument("--sample-steps", type=types.positive_int, default=None,
                    help="network calls per image: ddpm in [1, T] (default T, the full chain), ddim in [1, T] "
                         f"(default {DEFAULT_STEPS['ddim']}), dpm-solver++ in [1, T-1] "
@@ -164,7 +166,10 @@ def _unwritable(out_dir: Path) -> str | None:
 
 def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SamplerConfig:
     """The :class:`SamplerConfig` the flags ask for; flags that do not apply to --sampler are errors."""
-    name = args.sampler
+    name = args.sampler or DEFAULT_SAMPLER
+    steps = args.sample_steps
+    if args.sampler is None and steps is None:
+        steps = DEFAULT_SAMPLER_STEPS
     if args.eta is not None and name != "ddim":
         why = ("DDPM's reverse variance is fixed to β̃_t" if name == "ddpm"
                else "DPM-Solver++(2M) is a deterministic ODE solver")
@@ -176,7 +181,7 @@ def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error("--no-clip-x0 applies to --sampler ddim and dpm-solver++; DDPM's step forms its mean from ε "
                      "(Eq. 11) and clamps only the x̂0 it reports")
     try:
-        return SamplerConfig(name, args.sample_steps, 0.0 if args.eta is None else args.eta,
+        return SamplerConfig(name, steps, 0.0 if args.eta is None else args.eta,
                              args.ddim_spacing or SamplerConfig.spacing, args.clip_x0)
     except ValueError as err:
         parser.error(str(err))
@@ -225,6 +230,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         logger.error("%s", err)
         return EXIT_USER_ERROR
     T = scheduler.num_timesteps
+    if args.sampler is None and args.sample_steps is None and config.num_steps > T:  # a short schedule: all T
+        config = dataclasses.replace(config, num_steps=T)
     try:
         label = config.describe(T)  # checks --sample-steps against T
     except ValueError as err:

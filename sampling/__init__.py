@@ -11,6 +11,7 @@ from sampling.images import (
 )
 from sampling.sampler import (
     DEFAULT_SAMPLER,
+    DEFAULT_SAMPLER_STEPS,
     DEFAULT_STEPS,
     SAMPLERS,
     EpsFn,
@@ -27,6 +28,7 @@ from sampling.sampler import (
 __all__ = [
     "DEFAULT_GUIDANCE_SCALE",
     "DEFAULT_SAMPLER",
+    "DEFAULT_SAMPLER_STEPS",
     "DEFAULT_STEPS",
     "SAMPLERS",
     "EpsFn",

@@ -53,9 +53,11 @@ StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 # Steps when SamplerConfig.num_steps is None, capped at the sampler's maximum; None for DDPM means all T steps.
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
-# What --eval-ddpm-model and the end of every training run draw with when no sampler is named: the best
-# quality per second measured by benchmarks/bench_samplers.py (benchmarks/RESULTS.md, README "Sampling").
-DEFAULT_SAMPLER = "dpm-solver++"
+# What --eval-ddpm-model and the end of every training run draw with when no sampler is named: ancestral DDPM
+# respaced to 50 steps, the lowest FID at <= 50 network calls measured by benchmarks/bench_samplers.py on the
+# shipped model (benchmarks/RESULTS.md, README "Sampling"); the deterministic samplers were far worse there.
+DEFAULT_SAMPLER = "ddpm"
+DEFAULT_SAMPLER_STEPS = 50
 
 
 @dataclass(frozen=True)

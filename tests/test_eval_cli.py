@@ -49,7 +49,7 @@ def read_samples(folder: Path) -> np.ndarray:
 def test_flags_join_the_main_parser_without_clashes():
     args = main.build_parser().parse_args(["--eval-ddpm-model"])
     assert args.ckpt_file == eval_cli.DEFAULT_CKPT and args.num_samples == 100 and args.num_grid_rows == 10
-    assert args.sampler == sampling.DEFAULT_SAMPLER and args.sample_steps is None and args.eta is None
+    assert args.sampler is None and args.sample_steps is None and args.eta is None  # None: the default sampler
     assert not args.metrics and not args.save_trajectory and args.clip_x0 and args.use_ema
     args = main.build_parser().parse_args(["--sampler", "ddim", "--sample-steps", "5", "--eta", "1", "--no-ema"])
     assert (args.sampler, args.sample_steps, args.eta, args.use_ema) == ("ddim", 5, 1.0, False)
@@ -60,7 +60,12 @@ def test_flags_join_the_main_parser_without_clashes():
 def test_default_sampler_is_one_constant():
     parser = main.build_parser()
     config = eval_cli.sampler_config(parser.parse_args(["--eval-ddpm-model"]), parser)
-    assert config == SamplerConfig(sampling.DEFAULT_SAMPLER)
+    assert config == SamplerConfig(sampling.DEFAULT_SAMPLER, sampling.DEFAULT_SAMPLER_STEPS)
+    assert config == SamplerConfig("ddpm", 50)
+    args = parser.parse_args(["--eval-ddpm-model", "--sample-steps", "20"])  # the default sampler, other steps
+    assert eval_cli.sampler_config(args, parser) == SamplerConfig(sampling.DEFAULT_SAMPLER, 20)
+    args = parser.parse_args(["--eval-ddpm-model", "--sampler", "ddpm"])  # named: its own default, all T steps
+    assert eval_cli.sampler_config(args, parser) == SamplerConfig("ddpm")
 
 
 @pytest.mark.parametrize("flags", [["--num-samples", "0"], ["--eta", "1.5"], ["--eta", "nan"], ["--eta", "x"],

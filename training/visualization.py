@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sampling import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_SAMPLER,
+    DEFAULT_SAMPLER_STEPS,
     SamplerConfig,
     class_conditional_eps_fns,
     labels_in_rows,
@@ -220,7 +221,7 @@ def draw_final_samples(model: torch.nn.Module, scheduler: LinearNoiseScheduler, 
                        out_dir: Path, seed: int, device: torch.device) -> Path:
     """What the trained model draws: ``num_samples`` images with the default sampler (a class-conditional model
     draws one class per grid row, at the default guidance scale) → ``out_dir/grid.png`` and ``samples.npz``."""
-    config = SamplerConfig(DEFAULT_SAMPLER)
+    config = SamplerConfig(DEFAULT_SAMPLER, min(DEFAULT_SAMPLER_STEPS, scheduler.num_timesteps))
     size = model_config.image_size or 28
     eps_fn = batch_eps_fn = labels = None
     if model_config.conditional:
