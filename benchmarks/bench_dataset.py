@@ -1,12 +1,12 @@
-"""Throughput of MNISTDataset: one epoch through a DataLoader, uncached vs cached.
+"""Loading the training images as training does (``load_training_set``), and iterating them.
 
-    python benchmarks/bench_dataset.py                    # data/MNIST/mnist_images, batch 128, 0 workers
-    python benchmarks/bench_dataset.py --split test --epochs 2
+    python benchmarks/bench_dataset.py                    # default --data-path: the bundled IDX digits
+    python benchmarks/bench_dataset.py --data-path data/MNIST/mnist_images_test --epochs 2   # a PNG tree
 
-Reports construction time (uncached: header scan; cached: full decode into memory), then images/s
-of iterating whole epochs through ``DataLoader(batch_size, shuffle=True, num_workers)``, and, for
-reference, of batching straight from ``as_tensors()`` without a DataLoader (what training can do).
-The default training tree is prepared first if it is missing (scripts/prepare_mnist.py).
+Reports construction time of ``load_training_set(data_path, cache=...)`` (IDX digits: read and sorted; a PNG
+tree: header scan uncached, full decode cached), then images/s of iterating whole epochs through
+``DataLoader(batch_size, shuffle=True, num_workers)``, and, for reference, of batching straight from
+``as_tensors()`` without a DataLoader (what training does).
 """
 
 from __future__ import annotations
@@ -14,20 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from dataset import DEFAULT_DATA_ROOT, MNISTDataset, ensure_mnist_images, to_model_range  # noqa: E402
-from dataset.folder_scan import resolve_split_dir  # noqa: E402
-from dataset.paths import SPLIT_DIRS  # noqa: E402
+from dataset import DEFAULT_DATA_PATH, MNISTDataset, load_training_set, to_model_range
 
 
 def epoch_through_loader(ds: MNISTDataset, batch_size: int, workers: int, seed: int) -> tuple[float, int]:
@@ -52,8 +45,7 @@ def epoch_from_tensors(ds: MNISTDataset, batch_size: int, seed: int) -> tuple[fl
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--data-path", type=Path, default=DEFAULT_DATA_PATH, help="as training's --data-path")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader num_workers")
     parser.add_argument("--epochs", type=int, default=1)
@@ -63,27 +55,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.split in SPLIT_DIRS:
-        ensure_mnist_images(args.data_root / SPLIT_DIRS[args.split])
-    folder = resolve_split_dir(args.data_root, args.split)
 
     print(
-        f"# {folder} | batch {args.batch_size}, num_workers {args.workers}, {args.epochs} epoch(s) | "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"# --data-path {args.data_path} | batch {args.batch_size}, num_workers {args.workers}, {args.epochs} "
+        f"epoch(s) | torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
     )
-    print("| mode | construct (s) | epoch (s) | images/s |")
-    print("|---|---:|---:|---:|")
+    print("| source | mode | construct (s) | epoch (s) | images/s |")
+    print("|---|---|---:|---:|---:|")
     for cache in (False, True):
         start = time.perf_counter()
-        ds = MNISTDataset(args.split, args.data_root, cache=cache)
+        ds = load_training_set(args.data_path, cache=cache)
         construct = time.perf_counter() - start
+        source = "IDX files" if ds.indices is not None else "PNG tree"
         runs = [epoch_through_loader(ds, args.batch_size, args.workers, args.seed + e) for e in range(args.epochs)]
         seconds, seen = sum(r[0] for r in runs) / len(runs), runs[0][1]
-        name = "cached" if cache else "uncached"
-        print(f"| DataLoader, {name} | {construct:.2f} | {seconds:.2f} | {seen / seconds:,.0f} |")
+        mode = "DataLoader, " + ("cached" if cache else "uncached")
+        print(f"| {source} | {mode} | {construct:.2f} | {seconds:.2f} | {seen / seconds:,.0f} |")
     runs = [epoch_from_tensors(ds, args.batch_size, args.seed + e) for e in range(args.epochs)]
     seconds, seen = sum(r[0] for r in runs) / len(runs), runs[0][1]
-    print(f"| as_tensors() batches, cached | - | {seconds:.3f} | {seen / seconds:,.0f} |")
+    print(f"| {source} | as_tensors() batches, cached | - | {seconds:.3f} | {seen / seconds:,.0f} |")
 
 
 if __name__ == "__main__":

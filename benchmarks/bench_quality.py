@@ -28,15 +28,15 @@ from pathlib import Path
 import torch
 from harness import REPO_ROOT, build_model, num_parameters, print_table
 
-from dataset import MNISTDataset, ensure_mnist_images
+from dataset import load_training_set
 from evaluation.classifier import load_classifier
 from evaluation.metrics import compute_metrics, load_mnist_reference
 from sampling import SamplerConfig, model_eps_fn, sample_images, save_grid_png, to_uint8
 from scheduler import LinearNoiseScheduler
 from training.batching import BatchSource
 from training.config import TrainConfig
-from training.ema import EMA
-from training.performance import resolve_performance, to_memory_format
+from training.runtime import resolve_performance, to_memory_format
+from training.state import EMA
 from training.trainer import l_simple, lr_at, run_progress
 
 
@@ -48,7 +48,7 @@ def train_for(model: torch.nn.Module, minutes: float, seed: int, steps: int | No
     config = TrainConfig(seed=seed, **recipe)
     perf = resolve_performance(config.precision, config.compile, config.channels_last, torch.device("cpu"))
     model.to(memory_format=torch.channels_last if perf.channels_last else torch.contiguous_format)
-    dataset = MNISTDataset.from_folder(ensure_mnist_images(config.data_path), cache=True)
+    dataset = load_training_set(config.data_path)
     batches = BatchSource(dataset, config.batch_size, seed, torch.device("cpu"), in_memory=True)
     scheduler = LinearNoiseScheduler()
     ema = EMA(model, config.ema_decay, config.ema_gamma)

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    from training.checkpoint import build_model_from_checkpoint
+    from common.checkpoint import build_model_from_checkpoint
 
     model, scheduler, _ = build_model_from_checkpoint(args.ckpt_file, use_ema=args.use_ema, device=args.device)
     ckpt_sha = hashlib.sha256(args.ckpt_file.read_bytes()).hexdigest()

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    from training.checkpoint import build_model_from_checkpoint
+    from common.checkpoint import build_model_from_checkpoint
 
     model, scheduler, ckpt = build_model_from_checkpoint(args.ckpt_file, use_ema=args.use_ema, device=args.device)
     weights = "EMA" if args.use_ema and ckpt.get("ema") is not None else "'model'"  # exports keep EMA in "model"

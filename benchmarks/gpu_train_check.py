@@ -25,33 +25,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from harness import MNISTFromIDX
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from dataset import load_mnist_idx  # noqa: E402
-from models import preset_config  # noqa: E402
-from scheduler import DiffusionConfig  # noqa: E402
-from training import TrainConfig, train  # noqa: E402
-from training.distributed import setup_distributed, teardown_distributed  # noqa: E402
-from training.metrics_log import read_metrics  # noqa: E402
-
-
-class MNISTFromIDX(torch.utils.data.Dataset):
-    """MNIST's training digits from the IDX files, batched from GPU memory by the trainer (``as_tensors``)."""
-
-    def __init__(self) -> None:
-        images, labels = load_mnist_idx("train")
-        self.images = torch.from_numpy(images).unsqueeze(1)  # uint8 (60000, 1, 28, 28)
-        self.labels = torch.from_numpy(labels).long()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int):
-        return self.images[i].float() / 127.5 - 1.0, int(self.labels[i])
-
-    def as_tensors(self):
-        return self.images, self.labels
+from models import preset_config
+from scheduler import DiffusionConfig
+from training import TrainConfig, train
+from training.monitor import read_metrics
+from training.runtime import setup_distributed, teardown_distributed
 
 
 def main(argv=None) -> int:
@@ -69,7 +49,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not torch.cuda.is_available():
         print("gpu_train_check: no CUDA device is available (torch.cuda.is_available() is False); this check "
-              "measures GPU training and needs a GPU. On a CPU, see benchmarks/bench_performance.py.",
+              "measures GPU training and needs a GPU. On a CPU, see benchmarks/bench_train.py.",
               file=sys.stderr)
         return 2
 

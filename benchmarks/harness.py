@@ -1,6 +1,9 @@
 """Shared pieces of the benchmarks: the diffusers baseline matched to a preset, FLOP counting, the
-CPU's matmul throughput, peak-memory sampling, and the sampler specs and timed, reusable sample draws of the
-sampling benchmarks. Benchmarks print tables; none is a test."""
+CPU's matmul throughput, peak-memory sampling, MNIST's training digits held in memory, and the sampler specs and
+timed, reusable sample draws of the sampling benchmarks. Benchmarks print tables; none is a test.
+
+The benchmarks import the repository's packages because it is installed (``pip install -e .``); ``python
+benchmarks/<script>.py`` puts this folder on the path, so they import this module as ``harness``."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import argparse
 import logging
 import os
 import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,18 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dataset import load_mnist_idx
+from models import UNet
+from sampling import SamplerConfig, load_samples_npz, model_eps_fn, sample_images, save_samples_npz, to_uint8
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from models import UNet  # noqa: E402
-from sampling import SamplerConfig, load_samples_npz, model_eps_fn, sample_images, save_samples_npz, to_uint8  # noqa: E402
-
 logger = logging.getLogger(__name__)
 
-# diffusers' UNet2DModel with the same layout as our `small` (28 → 14 → 7, attention only at 7×7) and
-# block widths chosen so its parameter count is within 10% of small's (686,769 vs 639,073). Earlier smalls
-# and their matches: (16, 24, 64) 437,201 ↔ (16, 32, 48) 453,793; (16, 16, 64) 403,745 ↔ (16, 24, 48) 407,537.
+# diffusers' UNet2DModel with the same layout as our `small` (28 → 14 → 7, attention only at 7×7) and block
+# widths chosen so that its parameter count is within 10 % of small's: a comparison at equal size, so that a
+# speed or quality difference comes from the architecture. When `small` changes, re-match the widths.
 DIFFUSERS_MATCHED = {
     "small": dict(block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=8),
 }
@@ -88,6 +88,25 @@ def build_model(name: str) -> torch.nn.Module:
     if preset.startswith("diffusers-"):
         return diffusers_unet(preset.removeprefix("diffusers-"), **overrides)
     return UNet.from_preset(preset, **overrides)
+
+
+class MNISTFromIDX(torch.utils.data.Dataset):
+    """MNIST's 60,000 training digits read straight from the bundled IDX files (no PNG tree to build), batched
+    from memory by the trainer (``as_tensors``)."""
+
+    def __init__(self) -> None:
+        images, labels = load_mnist_idx("train")
+        self.images = torch.from_numpy(images).unsqueeze(1)  # uint8 (60000, 1, 28, 28)
+        self.labels = torch.from_numpy(labels).long()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i].float() / 127.5 - 1.0, int(self.labels[i])
+
+    def as_tensors(self):
+        return self.images, self.labels
 
 
 def num_parameters(model: torch.nn.Module) -> int:

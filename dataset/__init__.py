@@ -1,14 +1,17 @@
-"""MNIST data: IDX reading, PNG tree preparation and the PyTorch dataset.
+"""MNIST data: IDX reading, the PyTorch dataset, and (optional) PNG tree preparation.
 
-Data flow: ``data/MNIST/raw/*.gz`` (IDX, shipped) --prepare_mnist_images--> ``data/MNIST/mnist_images``
-(class-folder PNG tree) --MNISTDataset--> (image in [-1, 1], label).
+Data flow: ``data/MNIST/raw/*.gz`` (IDX, shipped) --load_mnist_idx--> uint8 digits --MNISTDataset--> (image in
+[-1, 1], label). Training calls :func:`load_training_set`, which reads the digits straight from the IDX files
+for the default ``--data-path`` and any other ``--data-path`` as a class-folder tree ``<path>/<class>/<image>``.
+``scripts/prepare_mnist.py`` (:func:`prepare_mnist_images`) writes the digits out as such a tree, in the same
+order and with the same pixels, for people who want the image files.
 """
 
 from dataset.errors import BadImageError, DatasetLayoutError, IDXFormatError
 from dataset.folder_scan import DEFAULT_EXTENSIONS
-from dataset.idx import load_mnist_idx, read_idx, read_idx_images, read_idx_labels, verify_md5
+from dataset.idx import load_mnist_idx, read_idx, read_idx_images, read_idx_labels
 from dataset.image_io import load_image, to_model_range
-from dataset.mnist_dataset import MNISTDataset
+from dataset.mnist_dataset import MNISTDataset, load_training_set
 from dataset.paths import (
     DEFAULT_DATA_PATH,
     DEFAULT_DATA_ROOT,
@@ -16,7 +19,7 @@ from dataset.paths import (
     DEFAULT_TEST_DATA_PATH,
     REPO_ROOT,
 )
-from dataset.prepare import ensure_mnist_images, prepare_mnist_images
+from dataset.prepare import prepare_mnist_images
 
 __all__ = [
     "DEFAULT_DATA_PATH",
@@ -29,13 +32,12 @@ __all__ = [
     "DatasetLayoutError",
     "IDXFormatError",
     "MNISTDataset",
-    "ensure_mnist_images",
     "load_image",
     "load_mnist_idx",
+    "load_training_set",
     "prepare_mnist_images",
     "read_idx",
     "read_idx_images",
     "read_idx_labels",
     "to_model_range",
-    "verify_md5",
 ]

@@ -1,4 +1,4 @@
-"""Finding the images of a class-folder tree ``root/<class>/<image>``, and the folder of a split.
+"""Finding the images of a class-folder tree ``root/<class>/<image>``.
 
 Rules (the same as torchvision's ``ImageFolder`` where they overlap):
 
@@ -7,8 +7,7 @@ Rules (the same as torchvision's ``ImageFolder`` where they overlap):
   otherwise (``cat``, ``dog``);
 * a class holds the files directly inside its folder whose extension (case-insensitive) is one of
   ``extensions``; nested folders are not searched;
-* names starting with "." (hidden files and folders, the preparation marker) and files with other
-  extensions are ignored;
+* names starting with "." (hidden files and folders) and files with other extensions are ignored;
 * within a class, files are ordered by name with numbers compared as numbers (``2.png`` < ``10.png``),
   so the order is the same on every machine.
 
@@ -26,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dataset.errors import DatasetLayoutError
-from dataset.paths import PREPARE_COMMAND, SPLIT_DIRS
+from dataset.paths import PREPARE_COMMAND
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
@@ -148,34 +147,3 @@ def _is_dir_quiet(entry: os.DirEntry) -> bool:
     except OSError:
         return False
 
-
-def resolve_split_dir(data_root: str | Path, split: str) -> Path:
-    """Folder of ``split`` under ``data_root``: train -> mnist_images, test -> mnist_images_test,
-    any other name -> the sub-folder of that name."""
-    if not isinstance(split, str) or not split.strip():
-        raise ValueError(f"split must be a non-empty name: 'train', 'test' or a sub-folder of data_root; got {split!r}")
-    if "/" in split or "\\" in split or split in (".", ".."):
-        raise ValueError(
-            f"split {split!r} is a path, not a name. Use MNISTDataset.from_folder({split!r}) to read a "
-            "class-folder tree at a given path"
-        )
-    data_root = Path(data_root)
-    if not data_root.is_dir():
-        raise FileNotFoundError(
-            f"data root {data_root} does not exist or is not a folder. For MNIST run `{PREPARE_COMMAND}`, "
-            "or pass data_root= the folder that holds your split folders"
-        )
-    folder = data_root / SPLIT_DIRS.get(split, split)
-    if folder.is_dir():
-        return folder
-    available = sorted(p.name for p in data_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    message = (
-        f"split {split!r} expects folder {folder}, which does not exist (sub-folders of {data_root}: {available})."
-    )
-    if split in SPLIT_DIRS:
-        message += f" Create it with `{PREPARE_COMMAND}`."
-    if available and all(name.isdigit() for name in available):
-        message += (
-            f" {data_root} looks like a class-folder tree itself; use MNISTDataset.from_folder({str(data_root)!r})."
-        )
-    raise FileNotFoundError(message)

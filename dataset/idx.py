@@ -5,9 +5,8 @@ then one big-endian uint32 per dimension, then the raw values in C order. MNIST 
 (unsigned byte): images have magic 0x00000803 (N, 28, 28), labels 0x00000801 (N,).
 
 Files may be gzip-compressed (name ends in ``.gz``) or plain. md5 checks are on the bytes of the file
-as stored. By default a file is checked when its name is one of the eight known MNIST file names
-(four ``.gz`` and the same four decompressed) and skipped otherwise; pass ``expected_md5`` to check
-any file against a given digest, or ``verify=False`` to skip the check (e.g. hand-made test files).
+as stored. A file is checked when its name is one of the eight known MNIST file names (four ``.gz`` and
+the same four decompressed) and not otherwise; ``verify=False`` skips the check (e.g. hand-made test files).
 """
 
 from __future__ import annotations
@@ -51,28 +50,11 @@ KNOWN_MD5: dict[str, tuple[str, ...]] = {
     "t10k-labels-idx1-ubyte": ("27ae3e4e09519cfbb04c329615203637",),
 }
 
-# IDX type code -> numpy dtype (multi-byte types are big-endian)
-_IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(np.uint8),
-    0x09: np.dtype(np.int8),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def file_md5(path: str | Path) -> str:
-    """Hex md5 digest of the bytes of ``path``."""
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
-
-
-def _accepted_md5(path: Path, expected_md5: str | None) -> tuple[str, ...] | None:
-    return (expected_md5.lower(),) if expected_md5 else KNOWN_MD5.get(path.name)
-
-
-def _check_md5(path: Path, actual: str, accepted: tuple[str, ...]) -> None:
-    if actual not in accepted:
+def _check_md5(path: Path, stored: bytes) -> None:
+    """Raise unless ``stored`` (the bytes of ``path``) has one of the digests known for its file name."""
+    accepted = KNOWN_MD5.get(path.name)
+    actual = hashlib.md5(stored).hexdigest()
+    if accepted is not None and actual not in accepted:
         raise IDXFormatError(
             f"md5 mismatch for {path}: got {actual}, expected {' or '.join(accepted)}. The file is "
             f"corrupt or not the standard MNIST file; replace it (copy the original file again, or "
@@ -80,22 +62,7 @@ def _check_md5(path: Path, actual: str, accepted: tuple[str, ...]) -> None:
         )
 
 
-def verify_md5(path: str | Path, expected_md5: str | None = None) -> bool:
-    """Check ``path`` against ``expected_md5``, or against :data:`KNOWN_MD5` by file name.
-
-    Returns True when a check was made and passed, False when there was nothing to check against
-    (unknown file name and no ``expected_md5``). Raises :class:`IDXFormatError` on a mismatch.
-    """
-    path = Path(path)
-    accepted = _accepted_md5(path, expected_md5)
-    if accepted is None:
-        logger.debug("no known md5 for %s; not verified", path)
-        return False
-    _check_md5(path, file_md5(path), accepted)
-    return True
-
-
-def _read_bytes(path: Path, expected_md5: str | None, verify: bool) -> bytes:
+def _read_bytes(path: Path, verify: bool) -> bytes:
     """Bytes of ``path`` (decompressed if it ends in .gz), md5-checked on the stored bytes first."""
     if not path.is_file():
         raise FileNotFoundError(
@@ -103,9 +70,8 @@ def _read_bytes(path: Path, expected_md5: str | None, verify: bool) -> bytes:
             f"`{PREPARE_COMMAND} --download`"
         )
     stored = path.read_bytes()
-    accepted = _accepted_md5(path, expected_md5) if verify else None
-    if accepted is not None:
-        _check_md5(path, hashlib.md5(stored).hexdigest(), accepted)
+    if verify:
+        _check_md5(path, stored)
     if not path.name.endswith(".gz"):
         return stored
     try:
@@ -114,49 +80,49 @@ def _read_bytes(path: Path, expected_md5: str | None, verify: bool) -> bytes:
         raise IDXFormatError(f"cannot decompress {path}: {err}. Replace the file") from err
 
 
-def read_idx(path: str | Path, *, expected_md5: str | None = None, verify: bool = True) -> np.ndarray:
-    """Read any IDX file into an array of its stored shape and dtype (md5-checked, see module doc)."""
+def read_idx(path: str | Path, *, verify: bool = True) -> np.ndarray:
+    """Read an IDX file of unsigned bytes (type 0x08, all MNIST uses) into a uint8 array of its stored shape
+    (md5-checked, see module doc)."""
     path = Path(path)
-    data = _read_bytes(path, expected_md5, verify)
+    data = _read_bytes(path, verify)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise IDXFormatError(f"{path} is not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     type_code, ndim = data[2], data[3]
-    if type_code not in _IDX_DTYPES:
-        raise IDXFormatError(f"{path} has unknown IDX type code 0x{type_code:02x}")
+    if type_code != 0x08:
+        raise IDXFormatError(f"{path} has IDX type code 0x{type_code:02x}; only 0x08 (unsigned byte) is read")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise IDXFormatError(f"{path} is truncated inside its header ({len(data)} bytes)")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = _IDX_DTYPES[type_code]
-    expected_len = header_len + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected_len = header_len + int(np.prod(shape, dtype=np.int64))
     if len(data) != expected_len:
         kind = "truncated" if len(data) < expected_len else "longer than its header says"
         raise IDXFormatError(f"{path} is {kind}: header shape {shape} needs {expected_len} bytes, file has {len(data)}")
     # bytearray makes the array writable (torch.from_numpy warns on read-only buffers)
-    return np.frombuffer(bytearray(data), dtype=dtype, offset=header_len).reshape(shape)
+    return np.frombuffer(bytearray(data), dtype=np.uint8, offset=header_len).reshape(shape)
 
 
 def _check_kind(path: Path, array: np.ndarray, magic: int, what: str) -> None:
     expected_ndim, expected_type = magic & 0xFF, (magic >> 8) & 0xFF
-    if array.dtype != np.uint8 or array.ndim != expected_ndim:
+    if array.ndim != expected_ndim:
         raise IDXFormatError(
-            f"{path} does not hold MNIST {what}: expected uint8 with {expected_ndim} dimension(s) "
-            f"(magic 0x{magic:08x}, type 0x{expected_type:02x}), got {array.dtype} {array.shape}"
+            f"{path} does not hold MNIST {what}: expected {expected_ndim} dimension(s) "
+            f"(magic 0x{magic:08x}, type 0x{expected_type:02x}), got shape {array.shape}"
         )
 
 
-def read_idx_images(path: str | Path, *, expected_md5: str | None = None, verify: bool = True) -> np.ndarray:
+def read_idx_images(path: str | Path, *, verify: bool = True) -> np.ndarray:
     """Images of an IDX3 file: uint8 array (N, H, W) -- (N, 28, 28) for MNIST."""
     path = Path(path)
-    images = read_idx(path, expected_md5=expected_md5, verify=verify)
+    images = read_idx(path, verify=verify)
     _check_kind(path, images, IMAGES_MAGIC, "images")
     return images
 
 
-def read_idx_labels(path: str | Path, *, expected_md5: str | None = None, verify: bool = True) -> np.ndarray:
+def read_idx_labels(path: str | Path, *, verify: bool = True) -> np.ndarray:
     """Labels of an IDX1 file: int64 array (N,)."""
     path = Path(path)
-    labels = read_idx(path, expected_md5=expected_md5, verify=verify)
+    labels = read_idx(path, verify=verify)
     _check_kind(path, labels, LABELS_MAGIC, "labels")
     return labels.astype(np.int64)
 

@@ -1,9 +1,10 @@
 """Decoding one image file into uint8 pixels, and mapping pixels to the model's [-1, 1] range.
 
 Every failure to use a file as an image -- unreadable, broken symlink, symlink loop, not a regular file
-(a FIFO would block forever, a device is no image), not an image, corrupt (PNG chunk CRCs are checked) or
-truncated data -- is raised as :class:`~dataset.errors.BadImageError` naming the file, so callers need one
-``except`` (and ``MNISTDataset(skip_bad=True)`` can skip them).
+(a FIFO would block forever, a device is no image), not an image, corrupt (Pillow's ``verify()`` checks every
+PNG chunk's CRC and that the file reaches its IEND chunk) or truncated data -- is raised as
+:class:`~dataset.errors.BadImageError` naming the file, so callers need one ``except`` (and
+``MNISTDataset(skip_bad=True)`` can skip them).
 
 Pixel conversion (``channels=1`` gives grayscale "L", ``channels=3`` gives "RGB"):
 
@@ -18,9 +19,9 @@ Pixel conversion (``channels=1`` gives grayscale "L", ``channels=3`` gives "RGB"
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,6 @@ from PIL import Image, UnidentifiedImageError
 from dataset.errors import BadImageError
 
 SKIP_HINT = "Delete or replace it, or pass --skip-bad (skip_bad=True in Python) to skip such files"
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
@@ -69,31 +69,6 @@ def _require_regular_file(path: Path) -> None:
         raise BadImageError(path, f"not a regular file but {kind}", "Remove it or replace it with an image file")
 
 
-def _check_png_chunks(path: Path, data: bytes) -> None:
-    """Raise BadImageError unless the PNG ``data`` is complete (its chunks run up to IEND) and every chunk passes
-    its CRC-32.
-
-    Pillow skips the CRCs of the pixel (IDAT) chunks and decodes files that stop after the last pixel byte:
-    about 1 in 250 single-bit flips in IDAT still inflates into an image of the right size with wrong pixels,
-    and a write cut short near the end still "loads". The CRCs and the IEND chunk catch both."""
-    pos = len(PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos: pos + 4], "big")
-        end = pos + 12 + length
-        if end > len(data):
-            break
-        kind = data[pos + 4: pos + 8]
-        if zlib.crc32(data[pos + 4: end - 4]) != int.from_bytes(data[end - 4: end], "big"):
-            name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
-            raise BadImageError(path, f"corrupt or truncated image data (the PNG chunk {name} at byte {pos} fails "
-                                "its CRC check: the file was damaged)", SKIP_HINT)
-        if kind == b"IEND":
-            return
-        pos = end
-    raise BadImageError(path, f"corrupt or truncated image data (the PNG ends at byte {len(data)}, before its "
-                        "IEND chunk: an interrupted write or copy?)", SKIP_HINT)
-
-
 def probe_image(path: str | Path) -> tuple[int, int]:
     """(height, width) from the image header, without decoding pixels. Raises BadImageError."""
     path = Path(path)
@@ -127,18 +102,25 @@ def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None
     path = Path(path)
     try:
         _require_regular_file(path)
-        with open(path, "rb") as f:
-            data = f.read()
-        if data.startswith(PNG_SIGNATURE):
-            _check_png_chunks(path, data)
-        with Image.open(path) as img:
+        data = path.read_bytes()  # read once: verify() leaves the image unusable, so it is opened twice
+        # Decoding alone skips the CRCs of the pixel (IDAT) chunks and accepts a file that stops after its last
+        # pixel byte, so a bit flip can inflate into wrong pixels; verify() checks every chunk's CRC up to IEND.
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+        with Image.open(io.BytesIO(data)) as img:
             img.load()  # decode now, so truncation is reported here and not on first pixel access
-            img = _to_mode(img, channels)
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.uint8)
+            return convert_image(img, channels, size)
     except Exception as err:  # any failure inside Pillow means "this file is not a usable image"
         raise _bad_image(path, err) from err
+
+
+def convert_image(img: Image.Image, channels: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded image as uint8 (C, H, W): converted as the module doc says, resized to ``size=(H, W)`` (Pillow
+    bilinear, antialiased when shrinking) unless it is None or the image has that size already."""
+    img = _to_mode(img, channels)
+    if size is not None and img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    pixels = np.asarray(img, dtype=np.uint8)
     if pixels.ndim == 2:
         return pixels[None].copy()  # (1, H, W)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # (H, W, C) -> (C, H, W)

@@ -1,15 +1,13 @@
-"""MNIST (or any class-folder image tree) as a PyTorch dataset of images in [-1, 1].
+"""MNIST -- the bundled IDX digits or any class-folder image tree -- as a PyTorch dataset of images in [-1, 1].
 
-Two ways to say where the images are:
+* ``MNISTDataset("train")`` / ``MNISTDataset("test")`` -- MNIST's digits straight from the IDX files bundled
+  in ``data/MNIST/raw`` (or from ``data_root`` when it is a folder holding them): no image files involved.
+* ``MNISTDataset(split, data_root)`` -- ``data_root`` is a class-folder tree ``<data_root>/<class>/<image>``,
+  e.g. ``MNISTDataset("train", "data/MNIST/mnist_images")`` after ``python scripts/prepare_mnist.py``;
+  ``split`` is then only recorded. See :mod:`dataset.folder_scan` for which files count.
+  ``MNISTDataset.from_folder(path)`` is the same with ``split=None``.
 
-* ``MNISTDataset(split, data_root)`` -- ``data_root`` (default ``<repo>/data/MNIST``) holds one folder
-  per split: ``split="train"`` reads ``data_root/mnist_images``, ``split="test"`` reads
-  ``data_root/mnist_images_test``, and any other name is read as the sub-folder ``data_root/<split>``.
-* ``MNISTDataset.from_folder(path)`` -- ``path`` is the class-folder tree itself, e.g. training's
-  ``--data-path data/MNIST/mnist_images``.
-
-Either way the tree is ``<folder>/<class>/<image>``; see :mod:`dataset.folder_scan` for which files
-count. Create the MNIST trees with ``python scripts/prepare_mnist.py``.
+:func:`load_training_set` picks between the two for training's ``--data-path``.
 """
 
 from __future__ import annotations
@@ -21,14 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from common.progress import progress_bar
 from dataset.errors import BadImageError
-from dataset.folder_scan import DEFAULT_EXTENSIONS, resolve_split_dir, scan_class_folders
-from dataset.image_io import SKIP_HINT, load_image, probe_image, to_model_range
-from dataset.paths import DEFAULT_DATA_ROOT
+from dataset.folder_scan import DEFAULT_EXTENSIONS, scan_class_folders
+from dataset.idx import MNIST_FILES, load_mnist_idx, mnist_idx_paths
+from dataset.image_io import SKIP_HINT, convert_image, load_image, probe_image, to_model_range
+from dataset.paths import DEFAULT_DATA_PATH, DEFAULT_RAW_DIR, PREPARE_COMMAND, SPLIT_DIRS
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,20 @@ def _parse_image_size(image_size: int | tuple[int, int] | None) -> tuple[int, in
     return size  # type: ignore[return-value]
 
 
+def _holds_idx(folder: Path, split: str | None) -> bool:
+    """Whether ``folder`` holds the IDX image and label files of ``split`` ("train" or "test")."""
+    return split in MNIST_FILES and all(p.is_file() for p in mnist_idx_paths(split, folder))
+
+
 class MNISTDataset(Dataset):
-    """Images of a class-folder tree as ``(float32 tensor (C, H, W) in [-1, 1], int label)``.
+    """MNIST's digits from its IDX files, or the images of a class-folder tree, as
+    ``(float32 tensor (C, H, W) in [-1, 1], int label)``.
 
     Args:
-        split: "train" (``data_root/mnist_images``), "test" (``data_root/mnist_images_test``) or the
-            name of any other sub-folder of ``data_root``. Must be a plain non-empty name.
-        data_root: folder holding the split folders.
+        split: "train" or "test": which IDX digits to read when ``data_root`` is None or a folder of IDX
+            files. With a class-folder tree as ``data_root`` it is only recorded (any name, or None).
+        data_root: None (default) for the IDX files bundled in ``data/MNIST/raw``; a folder holding MNIST's
+            IDX files (``train-images-idx3-ubyte.gz`` ...); or a class-folder tree ``<data_root>/<class>/<image>``.
         extensions: file extensions that count as images (case-insensitive); others are ignored.
         channels: 1 for grayscale (default), 3 for RGB. See :mod:`dataset.image_io` for how 16-bit,
             palette and transparent images are converted.
@@ -64,6 +71,11 @@ class MNISTDataset(Dataset):
         skip_bad: skip files that raise :class:`BadImageError` (logged as warnings, counted in
             ``num_skipped``, listed in ``skipped``) instead of failing on the first one.
 
+    IDX digits are md5-verified and always held in memory; ``extensions``, ``cache`` and ``skip_bad`` concern
+    image files only. They come in the order of the PNG tree ``scripts/prepare_mnist.py`` writes from the same
+    files -- by digit, then by position in the IDX file -- with the same pixels (``channels`` and ``image_size``
+    applied as for a file), so a run can move between the two sources and continue bit-identically.
+
     When bad files are found: with ``cache=True`` or ``skip_bad=True`` every image is fully decoded
     here, so every bad file is found here. With neither, construction only reads image headers
     (missing, unreadable, non-image and wrong-size files fail here); pixel data truncated after
@@ -71,23 +83,50 @@ class MNISTDataset(Dataset):
     :class:`BadImageError` naming the file.
 
     Attributes:
-        root: the class-folder tree read. classes: sorted class-folder names. class_to_idx: name ->
-        label. samples: list of (path, label), by class then file name. targets: the labels.
+        root: the class-folder tree or IDX folder read. classes: sorted class names. class_to_idx: name ->
+        label. samples: list of (path, label), by class then file name; for IDX digits the path is the IDX
+        images file and ``indices`` holds each digit's position in it (None for a tree). targets: the labels.
         image_size: (H, W) of every item. num_skipped / skipped: files left out by ``skip_bad``.
     """
 
     def __init__(
         self,
-        split: str = "train",
-        data_root: str | Path = DEFAULT_DATA_ROOT,
+        split: str | None = "train",
+        data_root: str | Path | None = None,
         extensions: Iterable[str] = DEFAULT_EXTENSIONS,
         channels: int = 1,
         image_size: int | tuple[int, int] | None = None,
         cache: bool = False,
         skip_bad: bool = False,
     ) -> None:
-        folder = resolve_split_dir(data_root, split)
-        self._load(folder, split, extensions, channels, image_size, cache, skip_bad)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels!r}")
+        self.root: Path = DEFAULT_RAW_DIR if data_root is None else Path(data_root)
+        self.split: str | None = split
+        self.channels: int = channels
+        self.skip_bad: bool = skip_bad
+        self._resize_to = _parse_image_size(image_size)
+        self.image_size: tuple[int, int] | None = self._resize_to
+        self._first_path: Path | None = None  # the image that fixed image_size when it was None
+        self._size_by_majority = False  # skip_bad: image_size is the most common size (see _fix_size_by_majority)
+        self._images: torch.Tensor | None = None  # uint8 (N, C, H, W) when cached
+        self.indices: np.ndarray | None = None  # IDX digits: position of each sample in the IDX file
+        self.skipped: list[tuple[Path, str]] = []
+
+        if data_root is None or _holds_idx(self.root, split):
+            if split not in MNIST_FILES:
+                raise ValueError(f"split must be 'train' or 'test' to read MNIST's IDX files in {self.root}; "
+                                 f"got {split!r}. A class-folder tree is read with data_root=<its folder>")
+            self._load_idx()
+            return
+        self.classes, self.samples = scan_class_folders(self.root, extensions)
+        self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
+        if skip_bad and self._resize_to is None:
+            self._fix_size_by_majority()
+        if cache:
+            self._build_cache()
+        else:
+            self._check_all(full_decode=skip_bad)
 
     @classmethod
     def from_folder(
@@ -100,46 +139,25 @@ class MNISTDataset(Dataset):
         skip_bad: bool = False,
     ) -> MNISTDataset:
         """Dataset of the class-folder tree at ``path`` (``path/<class>/<image>``); ``split`` is None."""
-        dataset = cls.__new__(cls)
-        dataset._load(Path(path), None, extensions, channels, image_size, cache, skip_bad)
-        return dataset
+        return cls(None, path, extensions, channels, image_size, cache, skip_bad)
 
     # ---- construction -------------------------------------------------------------------------
-    def _load(
-        self,
-        root: Path,
-        split: str | None,
-        extensions: Iterable[str],
-        channels: int,
-        image_size: int | tuple[int, int] | None,
-        cache: bool,
-        skip_bad: bool,
-    ) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels!r}")
-        self.root: Path = Path(root)
-        self.split: str | None = split
-        self.channels: int = channels
-        self.skip_bad: bool = skip_bad
-        self._resize_to = _parse_image_size(image_size)
-        self.image_size: tuple[int, int] | None = self._resize_to
-        self._first_path: Path | None = None  # the image that fixed image_size when it was None
-        self._size_by_majority = False  # skip_bad: image_size is the most common size (see _fix_size_by_majority)
-        self._images: torch.Tensor | None = None  # uint8 (N, C, H, W) when cached
-
-        self.classes, samples = scan_class_folders(self.root, extensions)
-        self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
-        self.samples: list[tuple[Path, int]] = samples
-        self.skipped: list[tuple[Path, str]] = []
-
-        if skip_bad and self._resize_to is None:
-            self._fix_size_by_majority()
-        if cache:
-            self._build_cache()
-        elif skip_bad:
-            self._check_all(full_decode=True)
-        else:
-            self._check_all(full_decode=False)
+    def _load_idx(self) -> None:
+        """The split's IDX digits, in the order of their PNG tree: by digit, then by position in the file."""
+        images, labels = load_mnist_idx(self.split, self.root)  # (N, 28, 28) uint8, (N,) int64
+        self.indices = np.argsort(labels, kind="stable")  # stable: file positions ascend within each digit
+        digits, targets = np.unique(labels[self.indices], return_inverse=True)
+        self.classes = [str(d) for d in digits]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        images_file = mnist_idx_paths(self.split, self.root)[0]
+        self.samples = [(images_file, label) for label in targets.tolist()]
+        pixels = images[self.indices][:, None]  # (N, 1, 28, 28)
+        if self._resize_to not in (None, pixels.shape[2:]):  # as load_image resizes each digit's PNG
+            pixels = np.stack([convert_image(Image.fromarray(d[0]), 1, self._resize_to) for d in pixels])
+        if self.channels == 3:
+            pixels = pixels.repeat(3, axis=1)  # gray -> RGB copies the value into every channel, as Pillow does
+        self._images = torch.from_numpy(np.ascontiguousarray(pixels))  # (N, C, H, W) uint8
+        self.image_size = (self._images.shape[2], self._images.shape[3])
 
     def _fix_size_by_majority(self) -> None:
         """With skip_bad, the expected size is the most common one, not the first file's: one odd file listed
@@ -293,3 +311,36 @@ class MNISTDataset(Dataset):
             f"classes={len(self.classes)}, image_size={self.image_size}, channels={self.channels}, "
             f"cached={self.is_cached}, num_skipped={self.num_skipped})"
         )
+
+
+def load_training_set(
+    data_path: str | Path = DEFAULT_DATA_PATH,
+    extensions: Iterable[str] = DEFAULT_EXTENSIONS,
+    channels: int = 1,
+    image_size: int | tuple[int, int] | None = None,
+    cache: bool = True,
+    skip_bad: bool = False,
+    *,
+    raw_dir: str | Path = DEFAULT_RAW_DIR,
+) -> MNISTDataset:
+    """The training images at ``data_path`` (training's ``--data-path``), as an :class:`MNISTDataset`.
+
+    The default path (:data:`~dataset.paths.DEFAULT_DATA_PATH`, ``data/MNIST/mnist_images``; in general
+    ``raw_dir``'s sibling ``mnist_images``, where ``scripts/prepare_mnist.py`` would write the PNG tree of the
+    IDX files in ``raw_dir``) stands for MNIST's 60,000 training digits: while that folder is missing or
+    empty they come straight from the IDX files -- no PNGs written, none decoded -- in the order and with the
+    pixels the prepared tree would give. Any other path, and the default one once it holds files, is read as
+    a class-folder tree with the other arguments as :class:`MNISTDataset` takes them.
+    """
+    path = Path(data_path).expanduser().resolve()
+    raw_dir = Path(raw_dir).expanduser().absolute()
+    bundled = (raw_dir.parent / SPLIT_DIRS["train"]).resolve()  # resolved beside raw_dir, which may be a link
+    if path == bundled and not (path.is_dir() and any(path.iterdir())):
+        for file in mnist_idx_paths("train", raw_dir):
+            if not file.is_file():
+                raise FileNotFoundError(
+                    f"IDX file {file} not found: the default data path {path} stands for the MNIST training "
+                    f"digits in {raw_dir}. Copy the MNIST IDX files there or run `{PREPARE_COMMAND} --download`")
+        logger.info("reading the MNIST training digits from the IDX files in %s (%s holds no tree)", raw_dir, path)
+        return MNISTDataset("train", raw_dir, channels=channels, image_size=image_size)
+    return MNISTDataset("train", path, extensions, channels, image_size, cache, skip_bad)

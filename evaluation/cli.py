@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from common import argtypes as types
 from dataset.paths import REPO_ROOT
 from evaluation.classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from evaluation.metrics import MetricsConfig, compute_metrics, format_metrics_table, load_mnist_reference
@@ -53,7 +54,6 @@ from sampling import (
 )
 from sampling.images import to_uint8
 from scheduler import SPACINGS
-from training import argtypes as types
 
 logger = logging.getLogger(__name__)
 
@@ -206,8 +206,8 @@ def _checkpoint_missing_message(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- entry point
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Sample (and score) as the flags say. Returns 0, or 2 for a user error (bad file, impossible value)."""
-    from training.checkpoint import build_model_from_checkpoint  # the training package is heavy; import on use
-    from training.trainer import resolve_device
+    from common.checkpoint import build_model_from_checkpoint
+    from common.device import resolve_device
 
     config = sampler_config(args, parser)  # flag combinations that need no checkpoint
     if args.metrics and not 2 <= args.num_samples <= MAX_METRIC_SAMPLES:

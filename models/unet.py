@@ -130,9 +130,9 @@ PRESETS: dict[str, UNetConfig] = {
     # For tests: a few thousand parameters, trains in seconds.
     "tiny": UNetConfig(channels=(8, 16, 16), down_sample=(True, True), attn=(False, False), layers_per_block=1,
                        mid_layers=1, num_heads=2, time_emb_dim=16, norm_groups=4),
-    # CPU default. 16 channels at 28×28 and 14×14, where a convolution costs 16× / 4× more per parameter than
-    # at 7×7; the width (64), two residual levels and all attention at 7×7, where they are cheap. Chosen by
-    # quality per CPU-minute (benchmarks/RESULTS.md).
+    # CPU default. A convolution's cost per parameter grows with the pixels it slides over, so the channels stay
+    # narrow at 28×28 and 14×14, and the width, two residual levels and all attention sit at 7×7, where they are
+    # cheap. The candidates it was chosen from are compared in benchmarks/RESULTS.md.
     "small": UNetConfig(channels=(16, 16, 64, 64), down_sample=(True, True, False), attn=(False, False, True),
                         layers_per_block=1, mid_layers=1, num_heads=4, time_emb_dim=64, norm_groups=8),
     # The seed repository's size, for a GPU.

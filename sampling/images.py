@@ -33,22 +33,27 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return u[..., 0] if u.shape[-1] == 1 else u
 
 
-def make_grid(images: np.ndarray, num_rows: int, padding: int = 2, pad_value: int = 0) -> np.ndarray:
-    """Tile uint8 ``[N, H, W]`` (or RGB ``[N, H, W, 3]``) images into ``num_rows`` rows of ⌈N / num_rows⌉ columns
-    (row-major). Empty cells and the ``padding`` pixels between and around tiles are ``pad_value``.
+def make_grid(
+    images: np.ndarray, num_rows: int, padding: int = 2, pad_value: float = 0, border: bool = True
+) -> np.ndarray:
+    """Tile ``[N, H, W]`` (or RGB ``[N, H, W, C]``) images into ``num_rows`` rows of ⌈N / num_rows⌉ columns
+    (row-major), keeping their dtype: uint8 for image files, float with ``pad_value=np.nan`` for a figure's
+    ``imshow``. Empty cells and the ``padding`` pixels between tiles (and around them, if ``border``) are
+    ``pad_value``.
     """
-    if images.ndim not in (3, 4) or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images [N, H, W] or [N, H, W, C], got {images.dtype} {images.shape}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected images [N, H, W] or [N, H, W, C], got shape {images.shape}")
     if isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < 1:
         raise ValueError(f"num_rows must be a positive int, got {num_rows!r}")
     n, h, w = images.shape[:3]
     num_rows = min(num_rows, max(n, 1))
     num_cols = max(math.ceil(n / num_rows), 1)
-    grid = np.full((num_rows * (h + padding) + padding, num_cols * (w + padding) + padding, *images.shape[3:]),
-                   pad_value, dtype=np.uint8)
+    edge = padding if border else 0
+    grid = np.full((num_rows * (h + padding) - padding + 2 * edge, num_cols * (w + padding) - padding + 2 * edge,
+                    *images.shape[3:]), pad_value, dtype=images.dtype)
     for k in range(n):
         r, c = divmod(k, num_cols)
-        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        top, left = edge + r * (h + padding), edge + c * (w + padding)
         grid[top:top + h, left:left + w] = images[k]
     return grid
 
@@ -56,6 +61,8 @@ def make_grid(images: np.ndarray, num_rows: int, padding: int = 2, pad_value: in
 def save_grid_png(images: torch.Tensor | np.ndarray, path: str | Path, num_rows: int, scale: int = 1) -> Path:
     """Save a grid of images (model-space tensor or uint8 array) as a grayscale or RGB PNG, upscaled by ``scale``."""
     u8 = to_uint8(images) if isinstance(images, torch.Tensor) else images
+    if u8.dtype != np.uint8:
+        raise ValueError(f"expected a model-space tensor or uint8 images, got {u8.dtype}")
     grid = make_grid(u8, num_rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

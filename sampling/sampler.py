@@ -43,6 +43,7 @@ from scheduler import (
     DPMSolverPlusPlusScheduler,
     NoiseScheduler,
     RespacedDDPMScheduler,
+    draw_noise,
 )
 
 logger = logging.getLogger(__name__)
@@ -239,12 +240,6 @@ def run_chain(
 
 class NonFiniteSamplesError(ValueError):
     """The reverse chain produced NaN or inf; saving the images would write black squares without a word."""
-
-
-def draw_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
-    """x_T ~ N(0, I) drawn on the generator's device, then moved to ``device``."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
 def sample_images(

@@ -4,6 +4,7 @@ from scheduler.ddim import SPACINGS, DDIMScheduler, ddim_timesteps
 from scheduler.dpm_solver import DPMSolverPlusPlusScheduler, dpm_solver_timesteps
 from scheduler.extract import extract
 from scheduler.linear_noise_scheduler import DiffusionConfig, LinearNoiseScheduler, NoiseScheduler
+from scheduler.noise import draw_noise
 from scheduler.respace import RespacedDDPMScheduler, respaced_betas
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "RespacedDDPMScheduler",
     "ddim_timesteps",
     "dpm_solver_timesteps",
+    "draw_noise",
     "extract",
     "respaced_betas",
 ]

@@ -37,6 +37,7 @@ import torch
 
 from scheduler.extract import as_timestep_tensor, extract
 from scheduler.linear_noise_scheduler import NoiseScheduler
+from scheduler.noise import draw_noise
 
 SPACINGS = ("trailing", "leading", "linspace")
 
@@ -184,8 +185,7 @@ class DDIMScheduler:
         # 3. "random noise" σ_τ z, only for η > 0 (η = 0 draws nothing, so it leaves the generator untouched).
         if self.eta > 0.0:
             if noise is None:
-                noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype,
-                                    device=generator.device if generator is not None else x_t.device)
+                noise = draw_noise(x_t.shape, generator, x_t.device, x_t.dtype)
             elif noise.shape != x_t.shape:
                 raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
             x_prev = x_prev + extract(self.sigmas, t, x_t) * noise.to(x_t.device)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from scheduler.extract import as_timestep_tensor, extract
+from scheduler.noise import draw_noise
 
 MIN_ALPHA_BAR = 1e-30  # ᾱ_T below this leaves float32's normal range once square-rooted and inverted
 
@@ -202,8 +203,7 @@ class NoiseScheduler:
         # 3. add σ_t z with σ_t² = β̃_t. β̃ at t = 0 is exactly 0 (ᾱ_{t−1} := 1), so the last step adds no
         #    noise (Algorithm 2: z = 0 if t = 1) without a special case.
         if noise is None:
-            noise = torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype,
-                                device=generator.device if generator is not None else x_t.device)
+            noise = draw_noise(x_t.shape, generator, x_t.device, x_t.dtype)
         elif noise.shape != x_t.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
         x_prev = mean + extract(self.posterior_variance, t, x_t).sqrt() * noise.to(x_t.device)

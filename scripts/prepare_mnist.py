@@ -1,12 +1,15 @@
-"""Write MNIST's IDX files out as PNG class-folder trees for MNISTDataset.
+"""Write MNIST's IDX files out as PNG class-folder trees, for people who want the digits as image files.
 
     python scripts/prepare_mnist.py                 # data/MNIST/raw/*.gz -> data/MNIST/mnist_images{,_test}/
-    python scripts/prepare_mnist.py --force         # rebuild even if complete
+    python scripts/prepare_mnist.py --force         # rebuild trees that exist
     python scripts/prepare_mnist.py --download      # fetch missing IDX files with torchvision first
 
-Output: ``<out-root>/mnist_images/<digit>/<index>.png`` (60,000 training digits) and
-``<out-root>/mnist_images_test/<digit>/<index>.png`` (10,000 test digits). A second run finds the
-trees complete and does nothing. See dataset/prepare.py for how interrupted runs are handled.
+Training does not need the trees: it reads the IDX files directly. Output:
+``<out-root>/mnist_images/<digit>/<index>.png`` (60,000 training digits) and
+``<out-root>/mnist_images_test/<digit>/<index>.png`` (10,000 test digits), which read back (e.g.
+``MNISTDataset("train", "data/MNIST/mnist_images")``) in the same order and with the same pixels as the IDX
+digits. A second run finds the trees there and does nothing. See dataset/prepare.py for how interrupted runs
+are handled.
 
 MNIST is by Yann LeCun, Corinna Cortes and Christopher J. C. Burges, distributed under CC BY-SA 3.0.
 """
@@ -20,14 +23,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script: make the `dataset` package importable
-    sys.path.insert(0, str(REPO_ROOT))
-
-from dataset.errors import DatasetLayoutError, IDXFormatError  # noqa: E402
-from dataset.idx import MNIST_FILES, mnist_idx_paths  # noqa: E402
-from dataset.paths import DEFAULT_DATA_ROOT, DEFAULT_RAW_DIR, SPLIT_DIRS  # noqa: E402
-from dataset.prepare import prepare_mnist_images  # noqa: E402
+from dataset.errors import DatasetLayoutError, IDXFormatError
+from dataset.idx import MNIST_FILES, mnist_idx_paths
+from dataset.paths import DEFAULT_DATA_ROOT, DEFAULT_RAW_DIR, SPLIT_DIRS
+from dataset.prepare import prepare_mnist_images
 
 logger = logging.getLogger("prepare_mnist")
 
@@ -38,17 +37,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-root", type=Path, default=DEFAULT_DATA_ROOT, help="folder to write the trees into")
     parser.add_argument("--splits", nargs="+", choices=sorted(SPLIT_DIRS), default=["train", "test"])
     parser.add_argument("--download", action="store_true", help="download missing IDX files (torchvision)")
-    parser.add_argument("--force", action="store_true", help="rebuild trees even if they are complete")
-    parser.add_argument("--workers", type=int, default=2, help="processes writing PNGs (1 = no pool)")
+    parser.add_argument("--force", action="store_true", help="rebuild trees that exist")
     parser.add_argument(
         "--skip-md5",
         action="store_true",
         help="do not verify md5s (only for IDX files other than MNIST's own)",
     )
-    args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
-    return args
+    return parser.parse_args(argv)
 
 
 def download_mnist(raw_dir: Path, force: bool = False) -> None:
@@ -91,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
             tuple(args.splits),
             force=args.force,
             verify_md5=not args.skip_md5,
-            workers=args.workers,
         )
     except (RuntimeError, ValueError, FileNotFoundError, IDXFormatError, DatasetLayoutError) as err:
         logger.error("%s", err)

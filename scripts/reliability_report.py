@@ -4,7 +4,7 @@
     python scripts/reliability_report.py --kills 20 --seed 3 --json reliability.json
 
 Each row is a promise, checked by the same code as ``tests/test_reliability.py`` and
-``tests/test_dataset_fuzz.py`` (``tests/fault_injection/``): kills survived / kills tried, bad inputs handled with
+``tests/test_dataset_fuzz.py`` (``scripts/fault_injection/``): kills survived / kills tried, bad inputs handled with
 the documented error / tried, hostile checkpoints refused / tried, bad flag values rejected / tried, and the
 disk-full, NaN and lock checks. Exits 1 if any promise fails (the failures are listed under the table), 0 otherwise.
 """
@@ -27,8 +27,6 @@ import time  # noqa: E402
 import warnings  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the fault_injection package
 
 import torch  # noqa: E402
 from fault_injection import data as bad_data  # noqa: E402

@@ -20,15 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script: make the repo's packages importable
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from dataset import load_mnist_idx  # noqa: E402
-from evaluation.classifier import (  # noqa: E402
+from dataset import load_mnist_idx
+from evaluation.classifier import (
     DEFAULT_CLASSIFIER_PATH,
     ClassifierConfig,
     MNISTClassifier,

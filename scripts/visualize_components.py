@@ -29,23 +29,20 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(REPO_ROOT))
+import torch
 
-import torch  # noqa: E402
-
-import visualization as viz  # noqa: E402
-from dataset import DEFAULT_DATA_PATH  # noqa: E402
-from sampling import model_eps_fn, sample_images  # noqa: E402
-from scheduler import LinearNoiseScheduler  # noqa: E402
-from training.checkpoint import build_model_from_checkpoint  # noqa: E402
-from visualization.plotting import seeded_init  # noqa: E402
+import visualization as viz
+from common.checkpoint import build_model_from_checkpoint
+from dataset import DEFAULT_DATA_PATH
+from sampling import model_eps_fn, sample_images
+from scheduler import LinearNoiseScheduler
+from visualization.plotting import seeded_init
 
 logger = logging.getLogger("visualize_components")
 
 GROUPS = ("time", "mhsa", "mhca", "down", "bottleneck", "upsample", "unet", "mnist", "schedule", "forward",
           "reverse")
+REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO_ROOT / "checkpoints" / "mnist_small.pth"
 MNIST_SIZE = 28  # checkpoints do not store the image size; every model here is trained on 28×28 MNIST
 REVERSE_FRAMES = 9  # trajectory snapshots, evenly spaced over the T sampling steps

@@ -1,17 +1,23 @@
 """The benchmarks are scripts (timings are not tests), but the helpers that decide *what* they measure are
-pinned here: a wrong model name or override would silently benchmark the wrong network."""
+pinned here: a wrong model name, override or variant would silently benchmark the wrong network or settings,
+and a training step that drifted from the trainer's loss would time the wrong work. (pytest finds ``benchmarks/``
+through ``pythonpath`` in pyproject.toml.)"""
 
 import argparse
-import sys
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
+import torch
+from bench_train import Stepper, make_batches, parse_variant, variant_label
+from harness import build_model, parse_model_name, parse_sampler
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from harness import build_model, parse_model_name, parse_sampler  # noqa: E402
+from models import PRESETS, UNet
+from sampling import SamplerConfig
+from scheduler import LinearNoiseScheduler
+from training.runtime import Performance
+from training.trainer import l_simple
 
-from models import PRESETS  # noqa: E402
-from sampling import SamplerConfig  # noqa: E402
+CPU = torch.device("cpu")
 
 
 def test_parse_model_name_reads_overrides():
@@ -47,3 +53,57 @@ def test_parse_sampler(spec, config, cap):
 def test_parse_sampler_rejects_bad_specs(spec):
     with pytest.raises(argparse.ArgumentTypeError, match="bad sampler"):
         parse_sampler(spec)
+
+
+# ---------------------------------------------------------------------------------------------- bench_train
+def test_parse_variant_auto_is_the_trainers_cpu_choice_and_both_layouts_for_diffusers():
+    assert parse_variant("auto", "small", CPU) == [Performance("fp32", False, True)]
+    assert parse_variant("auto", "diffusers-small[layers_per_block=2]", CPU) == [
+        Performance("fp32", False, False), Performance("fp32", False, True)]
+
+
+@pytest.mark.parametrize("name, perf", [
+    ("fp32", Performance("fp32", False, False)),
+    ("bf16+cl", Performance("bf16", False, True)),
+    ("fp16+compile", Performance("fp16", True, False)),
+    ("fp32+compile+cl", Performance("fp32", True, True)),
+])
+def test_parse_variant_reads_precision_layout_and_compile(name, perf):
+    assert parse_variant(name, "tiny", CPU) == [perf]
+    assert parse_variant(variant_label(perf), "tiny", CPU) == [perf]  # the printed label reads back
+
+
+@pytest.mark.parametrize("name", ["fp8", "bf16cl", "fp32+nhwc", "fp32+cl+cl", "+cl", "AUTO"])
+def test_parse_variant_rejects_bad_names(name):
+    with pytest.raises(ValueError, match="bad variant"):
+        parse_variant(name, "tiny", CPU)
+
+
+def test_bench_train_step_is_the_trainers_step_on_the_same_draws_for_every_variant():
+    """The timed step's loss is training.trainer.l_simple with the trainer's min-SNR-5 weighting, on the weights
+    before the step and the t, ε it drew; the step then changes the weights; and two variants of one model draw the
+    same t and ε (so their losses agree), whatever their layout."""
+    torch.manual_seed(0)
+    model = UNet.from_preset("tiny", zero_init=False)  # a zero-initialised output would hide the model's part
+    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    (x0, labels), = make_batches(images, torch.arange(16) % 10, 1, 32, CPU)
+    assert x0.min() == -1 and x0.max() == 1 and labels.shape == (32,)  # pixels 0 and 255 land on the ends of [−1, 1]
+
+    nchw, channels_last = (Stepper(model, Performance("fp32", False, cl), CPU) for cl in (False, True))
+    drawn = []
+
+    def spy(forward, scheduler, x0, t, eps, context, min_snr_gamma):
+        drawn.append((t, eps, min_snr_gamma))
+        return nchw_loss_fn(forward, scheduler, x0, t, eps, context, min_snr_gamma)
+
+    nchw_loss_fn = nchw.ctx.loss_fn
+    nchw.ctx = replace(nchw.ctx, loss_fn=spy)
+    before = [p.detach().clone() for p in nchw.state.model.parameters()]
+    loss = nchw.step(x0, labels).item()
+    (t, eps, gamma), = drawn
+    scheduler = LinearNoiseScheduler(device=CPU)
+    assert gamma == 5.0 and (t < 100).any()  # a low-noise t (SNR_t > 5), where the weighting matters
+    assert loss == pytest.approx(l_simple(model, scheduler, x0, t, eps, min_snr_gamma=5.0).item(), rel=1e-5)
+    assert loss != pytest.approx(l_simple(model, scheduler, x0, t, eps).item(), rel=1e-4)
+    assert any(not torch.equal(a, b) for a, b in zip(before, nchw.state.model.parameters()))
+    assert channels_last.step(x0, labels).item() == pytest.approx(loss, rel=1e-5)

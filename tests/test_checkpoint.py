@@ -1,4 +1,4 @@
-"""training/checkpoint.py: atomic writes, safe loads (weights_only, never executing code), rebuild and export."""
+"""common/checkpoint.py: atomic writes, safe loads (weights_only, never executing code), rebuild and export."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_injection import make_state
 
-from models import UNet, preset_config
-from scheduler import DiffusionConfig
-from training import checkpoint as ckpt_mod
-from training.checkpoint import (
+from common import checkpoint as ckpt_mod
+from common.checkpoint import (
     FORMAT,
     CheckpointError,
     build_model_from_checkpoint,
@@ -24,35 +23,7 @@ from training.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from training.config import TrainConfig
-from training.ema import EMA
-
-
-def make_state(step: int = 1, seed: int = 0) -> dict:
-    """A checkpoint like the trainer's: tiny UNet after one AdamW step, an EMA that differs from it."""
-    torch.manual_seed(seed)
-    model = UNet(preset_config("tiny"))
-    ema = EMA(model, 0.9)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(2, 1, 28, 28)
-    (model(x, torch.tensor([3, 7])) - torch.randn_like(x)).pow(2).mean().backward()  # moves the zero-init conv_out
-    optimizer.step()
-    ema.update(model, 9)  # d = min(0.9, 0.9^7.94): the average stays between the initial and the trained weights
-    return {
-        "format": FORMAT,
-        "model_config": model.config.to_dict(),
-        "diffusion_config": DiffusionConfig(num_timesteps=50).to_dict(),
-        "train_config": TrainConfig(model="tiny").to_dict(),
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "epoch": 0,
-        "data_offset": 16,
-        "num_samples": 48,
-        "rng": {"torch": torch.get_rng_state(), "cuda": [], "noise": torch.Generator().get_state(),
-                "noise_device": "cpu"},
-    }
+from models import preset_config
 
 
 @pytest.fixture(scope="module")
@@ -247,7 +218,7 @@ def test_build_model_lays_weights_out_channels_last_with_the_same_outputs(state)
 
 
 def test_build_model_without_ema_falls_back_to_model_and_logs(state, caplog):
-    with caplog.at_level(logging.INFO, logger="training.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="common.checkpoint"):
         model, _, _ = build_model_from_checkpoint({**state, "ema": None})
     assert_states_equal(model.state_dict(), state["model"])
     assert "no EMA weights" in caplog.text
@@ -294,7 +265,7 @@ def test_export_weights_is_slim_and_samples_like_the_ema(state, tmp_path):
 
 
 def test_export_command_line(state, tmp_path, caplog):
-    from training import export
+    import export_weights as export
 
     save_checkpoint(tmp_path / "full.pth", state)
     assert export.main([str(tmp_path / "full.pth"), str(tmp_path / "slim.pth")]) == 0

@@ -1,7 +1,9 @@
-"""MNISTDataset on synthetic class-folder trees, and the bundled MNIST IDX files."""
+"""MNISTDataset on synthetic class-folder trees and on the bundled MNIST IDX files, and load_training_set."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import os
 from pathlib import Path
@@ -17,8 +19,11 @@ from dataset import (
     DatasetLayoutError,
     MNISTDataset,
     load_mnist_idx,
+    load_training_set,
+    prepare_mnist_images,
     to_model_range,
 )
+from dataset.idx import MNIST_FILES
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -116,44 +121,23 @@ def test_cache_and_no_cache_give_identical_tensors(tmp_path: Path) -> None:
     assert torch.equal(plain_images, images) and torch.equal(plain_labels, labels) and plain.is_cached
 
 
-def test_split_names_map_to_folders(tmp_path: Path) -> None:
-    make_tree(tmp_path / "mnist_images", {"0": [1], "1": [2]})
-    make_tree(tmp_path / "mnist_images_test", {"0": [3]})
-    make_tree(tmp_path / "extra", {"5": [4, 4]})
-    assert MNISTDataset("train", tmp_path).root == tmp_path / "mnist_images"
-    assert len(MNISTDataset("test", tmp_path)) == 1
-    assert MNISTDataset(split="extra", data_root=tmp_path).classes == ["5"]
+def test_data_root_is_the_class_folder_tree(tree: Path) -> None:
+    """The seed's meaning: MNISTDataset(split, data_root) reads the tree at data_root; split is only recorded."""
+    ds = MNISTDataset("train", tree, cache=True)
+    assert ds.root == tree and ds.split == "train" and ds.classes == ["0", "1", "2"] and ds.indices is None
+    same = MNISTDataset.from_folder(tree, cache=True)
+    assert same.split is None and same.samples == ds.samples and torch.equal(same.as_tensors()[0], ds.as_tensors()[0])
 
 
-@pytest.mark.parametrize("split", ["", "  ", None])
-def test_empty_split_name_is_rejected(tmp_path: Path, split) -> None:
-    with pytest.raises(ValueError, match="split must be a non-empty name"):
-        MNISTDataset(split, tmp_path)
-
-
-def test_path_as_split_points_to_from_folder(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="from_folder"):
-        MNISTDataset("a/b", tmp_path)
-
-
-def test_missing_split_names_folder_and_command(tmp_path: Path) -> None:
-    make_tree(tmp_path / "mnist_images", {"0": [1]})
-    with pytest.raises(FileNotFoundError, match="mnist_images_test.*prepare_mnist.py"):
-        MNISTDataset("test", tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"'valid'.*\['mnist_images'\]"):
-        MNISTDataset("valid", tmp_path)
-
-
-def test_class_tree_given_as_data_root_suggests_from_folder(tree: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="from_folder"):
-        MNISTDataset("train", tree)
+def test_idx_split_must_be_train_or_test() -> None:
+    with pytest.raises(ValueError, match="split must be 'train' or 'test'.*data_root=<its folder>"):
+        MNISTDataset("valid")
 
 
 def test_missing_root(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}.*prepare_mnist.py"):
-        MNISTDataset.from_folder(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match="data root"):
-        MNISTDataset("train", tmp_path / "nope")
+    for make in (MNISTDataset.from_folder, lambda path: MNISTDataset("train", path)):
+        with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}.*prepare_mnist.py"):
+            make(tmp_path / "nope")
 
 
 def test_root_without_class_folders(tmp_path: Path) -> None:
@@ -248,6 +232,44 @@ def test_bad_file_fails_naming_it_or_is_skipped(tree: Path, make_bad, cache: boo
     assert ds.as_tensors()[0].shape == (6, 1, 4, 4) and ds.num_skipped == 1  # no double counting
 
 
+def _png_chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(start, type, end) of every chunk of the PNG ``data``."""
+    chunks, pos = [], 8
+    while pos < len(data):
+        end = pos + 12 + int.from_bytes(data[pos : pos + 4], "big")
+        chunks.append((pos, data[pos + 4 : pos + 8], end))
+        pos = end
+    return chunks
+
+
+def _pixels_swapped_under_old_crc(path: Path) -> None:
+    """Another image's pixel data (valid zlib, same size) under the original IDAT checksum: decodes to wrong
+    pixels unless the IDAT CRC is checked."""
+    buffer = io.BytesIO()
+    Image.fromarray(gray(99)).save(buffer, format="PNG")
+    data, other = path.read_bytes(), buffer.getvalue()
+    (start, _, end), (o_start, _, o_end) = ([c for c in _png_chunks(d) if c[1] == b"IDAT"][0] for d in (data, other))
+    swapped = data[:start] + other[o_start : o_end - 4] + data[end - 4 : end] + data[end:]
+    path.write_bytes(swapped)
+
+
+def _no_iend(path: Path) -> None:
+    """A write cut short after the pixel data: every pixel is there, the IEND chunk is not."""
+    data = path.read_bytes()
+    path.write_bytes(data[: [c for c in _png_chunks(data) if c[1] == b"IEND"][0][0]])
+
+
+@pytest.mark.parametrize("damage", [_pixels_swapped_under_old_crc, _no_iend])
+def test_png_damage_that_still_decodes_is_refused(tree: Path, damage) -> None:
+    target = tree / "1" / "0.png"
+    damage(target)
+    with Image.open(target) as img:  # the damage is invisible to decoding alone
+        assert np.asarray(img).shape == (4, 4)
+    with pytest.raises(BadImageError, match=f"{target}: corrupt or truncated"):
+        MNISTDataset.from_folder(tree, cache=True)
+    assert MNISTDataset.from_folder(tree, skip_bad=True).skipped[0][0] == target
+
+
 @pytest.mark.parametrize("cache", [False, True])
 def test_size_mismatch_names_file_and_both_sizes(tree: Path, cache: bool) -> None:
     odd = write_png(tree / "1" / "big.png", gray(9, (5, 6)))
@@ -300,14 +322,14 @@ def test_unreadable_file_real_permissions(tree: Path) -> None:
 
 def test_unreadable_file_permission_error(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     locked = tree / "0" / "1.png"
-    real_open = Image.open
+    real_read = Path.read_bytes
 
-    def fake_open(fp, *args, **kwargs):
-        if Path(fp) == locked:
-            raise PermissionError(13, "Permission denied", str(fp))
-        return real_open(fp, *args, **kwargs)
+    def fake_read(path: Path) -> bytes:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
 
-    monkeypatch.setattr(Image, "open", fake_open)
+    monkeypatch.setattr(Path, "read_bytes", fake_read)
     with pytest.raises(BadImageError, match=f"{locked}: permission denied.*chmod"):
         MNISTDataset.from_folder(tree, cache=True)
     assert MNISTDataset.from_folder(tree, skip_bad=True).num_skipped == 1
@@ -387,3 +409,63 @@ def test_bundled_idx_files(split: str, counts: list[int], first_labels: list[int
     if split == "train":  # the well-known normalisation constants of MNIST
         assert images.mean() / 255 == pytest.approx(0.1307, abs=1e-4)
         assert (images / 255).std() == pytest.approx(0.3081, abs=1e-4)
+
+
+def test_bundled_digits_as_a_dataset() -> None:
+    ds = MNISTDataset()  # the bundled training digits, straight from IDX
+    assert len(ds) == 60000 and ds.classes == [str(d) for d in range(10)] and ds.is_cached
+    assert list(ds.class_counts().values()) == TRAIN_COUNTS and ds.image_size == (28, 28) and ds.channels == 1
+    # by digit, then by position in the file: the first 0s are at 1, 21, 34, 37, 51; the last 9 at 59992
+    assert ds.indices[:5].tolist() == [1, 21, 34, 37, 51] and ds.indices[-1] == 59992
+    images, labels = load_mnist_idx("train")
+    x, y = ds[TRAIN_COUNTS[0]]  # the first 1: IDX position 3
+    assert y == 1 and torch.equal(x, to_model_range(torch.from_numpy(images[3])[None]))
+    tensors, targets = ds.as_tensors()
+    assert tensors.shape == (60000, 1, 28, 28) and targets.dtype == torch.int64
+    assert torch.equal(targets, torch.from_numpy(labels[ds.indices]))
+
+
+def _real_subset_tree(tmp_path: Path, split: str, n: int) -> Path:
+    """The PNG tree scripts/prepare_mnist.py writes for the first ``n`` real digits of ``split``."""
+    images, labels = load_mnist_idx(split)
+    (tmp_path / "raw").mkdir()
+    for name, array in zip(MNIST_FILES[split], (images[:n], labels[:n].astype(np.uint8))):
+        header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+        (tmp_path / "raw" / name).write_bytes(gzip.compress(header + array.tobytes()))
+    return prepare_mnist_images(tmp_path / "raw", tmp_path, (split,), verify_md5=False)[split]
+
+
+@pytest.mark.parametrize(("channels", "image_size"), [(1, None), (3, None), (1, 32), (3, 20)])
+def test_idx_digits_equal_their_prepared_png_tree(tmp_path: Path, channels: int, image_size: int | None) -> None:
+    """Same order and pixels from IDX as from the PNG tree, so a run resumes bit-identically on either."""
+    n = 300
+    tree = MNISTDataset("test", _real_subset_tree(tmp_path, "test", n), channels=channels, image_size=image_size,
+                        cache=True)
+    idx = MNISTDataset("test", channels=channels, image_size=image_size)
+    first_n = np.flatnonzero(idx.indices < n)  # the subset keeps its relative order inside the whole file
+    assert idx.indices[first_n].tolist() == [int(p.stem) for p, _ in tree.samples]
+    (tree_x, tree_y), (idx_x, idx_y) = tree.as_tensors(), idx.as_tensors()
+    assert torch.equal(idx_x[first_n], tree_x) and torch.equal(idx_y[first_n], tree_y)
+    assert idx.classes == tree.classes and idx.image_size == tree.image_size
+    assert idx_x.shape[1:] == (channels, image_size or 28, image_size or 28)
+
+
+def test_load_training_set_reads_idx_until_the_default_folder_holds_a_tree(tmp_path: Path, caplog) -> None:
+    raw = tmp_path / "data" / "raw"  # the bundled files, seen from a folder whose default path can be missing
+    raw.parent.mkdir()
+    os.symlink(DEFAULT_RAW_DIR, raw)  # a link: its sibling mnist_images is still the default path
+    default = tmp_path / "data" / "mnist_images"
+    with caplog.at_level(logging.INFO, logger="dataset.mnist_dataset"):
+        ds = load_training_set(default, channels=3, raw_dir=raw)
+    assert "from the IDX files" in caplog.text
+    assert ds.indices is not None and ds.as_tensors()[0].shape == (60000, 3, 28, 28)
+    default.mkdir()
+    assert load_training_set(default, raw_dir=raw).indices is not None  # an empty folder holds no tree
+    make_tree(default, {"4": [1, 2], "7": [3]})
+    ds = load_training_set(default, image_size=2, raw_dir=raw)  # now the tree rules, with the other options
+    assert ds.indices is None and ds.class_counts() == {"4": 2, "7": 1} and ds.is_cached and ds.image_size == (2, 2)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'elsewhere'}.*prepare_mnist.py"):
+        load_training_set(tmp_path / "elsewhere", raw_dir=raw)  # only the default path stands for the IDX files
+    (tmp_path / "bare" / "raw").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'bare' / 'raw'}.*--download"):
+        load_training_set(tmp_path / "bare" / "mnist_images", raw_dir=tmp_path / "bare" / "raw")

@@ -195,7 +195,63 @@ def test_matches_diffusers_ddim(spacing, steps, eta, clip):
         x = x_ours  # both continue from the same state, so each step is compared on its own
 
 
-def test_moves_with_scheduler(ddpm):
-    ddim = DDIMScheduler(LinearNoiseScheduler(T), 10).to("cpu")
-    assert ddim.device == torch.device("cpu") and ddim.base.device == torch.device("cpu")
-    assert np.isfinite(ddim.sigmas.numpy()).all()
+def test_to_moves_every_table_and_the_base_schedule():
+    """``meta`` is a second device even on a CPU-only machine: every table a step reads must follow ``.to``."""
+    ddim = DDIMScheduler(LinearNoiseScheduler(T), 10)
+    assert ddim.to("meta") is ddim and ddim.device.type == "meta"
+    tables = [ddim.sqrt_alphas_cumprod_prev, ddim.sigmas, ddim.dir_coef, ddim.in_subsequence]
+    assert {x.device.type for x in tables + [getattr(ddim.base, n) for n in ddim.base._names]} == {"meta"}
+    x = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"live on meta but x_t is on cpu; call ddim.to\(device\)"):
+        ddim.step(x, x, 999)
+
+
+# ---------------------------------------------------------------------------------------- settings and user errors
+def test_defaults_and_repr(ddpm):
+    ddim = DDIMScheduler(ddpm)
+    assert repr(ddim) == "DDIMScheduler(num_steps=50, eta=0.0, spacing='trailing', clip_x0=True, T=1000)"
+    assert ddim.timesteps.tolist() == ddim_timesteps(T, 50).tolist() and float(ddim.sigmas.max()) == 0.0
+
+
+@pytest.mark.parametrize("eta", [True, -0.1, 1.5, "0.5"])
+def test_bad_eta_is_refused(ddpm, eta):
+    with pytest.raises(ValueError, match=r"eta \(η\) must be a number in \[0, 1\]"):
+        DDIMScheduler(ddpm, 10, eta=eta)
+
+
+def test_built_on_a_device_every_table_lives_there():
+    ddim = DDIMScheduler(LinearNoiseScheduler(T, device="meta"), 10)
+    assert {x.device.type for x in (ddim.sqrt_alphas_cumprod_prev, ddim.sigmas, ddim.dir_coef,
+                                    ddim.in_subsequence)} == {"meta"}
+
+
+def test_prev_timestep(ddpm):
+    full = DDIMScheduler(ddpm, T)
+    assert full.prev_timestep(0) == -1 and full.prev_timestep(1) == 0 and full.prev_timestep(T - 1) == T - 2
+    for t in (-1, T, 500):  # outside [0, T−1], or not in the subsequence 999, 899, …, 99
+        with pytest.raises(ValueError, match=f"t={t} is not in this DDIM subsequence"):
+            DDIMScheduler(ddpm, 10).prev_timestep(t)
+
+
+@pytest.mark.parametrize("noise_pred, noise, message", [
+    (torch.zeros(2, 1, 4, 5), None, r"noise_pred shape \(2, 1, 4, 5\) must equal x_t shape \(2, 1, 4, 4\)"),
+    (torch.zeros(2, 1, 4, 4), torch.zeros(2, 4, 4), r"noise shape \(2, 4, 4\) must equal x_t shape \(2, 1, 4, 4\)"),
+])
+def test_step_shape_errors(ddpm, noise_pred, noise, message):
+    with pytest.raises(ValueError, match=message):
+        DDIMScheduler(ddpm, 10, eta=0.5).step(torch.zeros(2, 1, 4, 4), noise_pred, 999, noise=noise)
+
+
+def test_drawn_noise_is_the_generators_in_the_images_dtype(ddpm):
+    ddim = DDIMScheduler(ddpm, 10, eta=0.7)
+    x_t, eps = (torch.randn(2, 1, 3, 3, dtype=torch.float64) for _ in range(2))
+    z = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    drawn = ddim.step(x_t, eps, 899, generator=torch.Generator().manual_seed(5))[0]
+    assert torch.equal(drawn, ddim.step(x_t, eps, 899, noise=z)[0])
+
+
+@pytest.mark.parametrize("num_timesteps, steps", [(100, 24), (100, 48), (1000, 50)])
+def test_trailing_subsequence_is_computed_in_float64(num_timesteps, steps):
+    """τ = round(T − i·T/S) − 1 in float64; float32 rounds T=100, S=24's 37.4999… up to 38 (τ = 37, not 36)."""
+    expected = np.round(num_timesteps - np.arange(steps) * (num_timesteps / steps)) - 1
+    assert ddim_timesteps(num_timesteps, steps).tolist() == expected.astype(np.int64).tolist()

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import write_digits
+from fault_injection import max_difference, without_key_bias, write_digits
 from torch.utils.data import DistributedSampler
 
 import main as entry
+from common.checkpoint import load_checkpoint
+from common.run_lock import RunLock
 from models import UNet, UNetConfig
 from training.batching import (
     BatchSource,
@@ -29,9 +31,8 @@ from training.batching import (
     epoch_permutation,
     rank_index_batches,
 )
-from training.checkpoint import load_checkpoint
-from training.distributed import DistContext, setup_distributed, teardown_distributed
-from training.metrics_log import read_metrics
+from training.monitor import read_metrics
+from training.runtime import DistContext, setup_distributed, teardown_distributed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -145,26 +146,6 @@ def torchrun(tmp_path: Path, script: str, *argv: str) -> str:
     return proc.stdout + proc.stderr
 
 
-def max_difference(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
-
-
-def without_key_bias(state: dict) -> dict:
-    """``state`` without attention's key biases. Their gradient is identically zero — softmax over the keys
-    ignores q·b_k, the same for every key — so the computed gradient is float noise, which Adam scales to steps
-    of size lr and random sign: there the two runs may differ by up to lr per step, elsewhere by float noise."""
-    kept = {}
-    for name, value in state.items():
-        if name.endswith("self_attn.qkv.bias"):  # [b_q | b_k | b_v]
-            third = len(value) // 3
-            value = torch.cat([value[:third], value[2 * third:]])
-        elif name.endswith("cross_attn.kv.bias"):  # [b_k | b_v]
-            value = value[len(value) // 2:]
-        kept[name] = value
-    return kept
-
-
 def assert_same_training(a_dir: Path, b_dir: Path) -> None:
     """The runs in ``a_dir`` (1 process × 8) and ``b_dir`` (2 ranks × 4) end alike, within float tolerance."""
     a, b = load_checkpoint(a_dir / "test_001.pth"), load_checkpoint(b_dir / "test_001.pth")
@@ -206,12 +187,12 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, d
     and an epoch boundary, and when resuming a 1-process checkpoint; EMA equal on both ranks; one set of
     artefacts; rank 1 logs warnings only; a rank that fails in setup makes the other fail instead of hanging."""
     ddp, crossed, locked = tmp_path / "ddp", tmp_path / "crossed", tmp_path / "locked"
-    locked.mkdir()
-    (locked / ".lock").write_text(f"{os.getpid()}\n")  # a live process that is not a rank: rank 0 must refuse
     runs = [args(ddp, data48, 4, "--max-steps", "3", *VIZ), args(ddp, data48, 4, "--max-steps", "8", "--resume", *VIZ),
             args(crossed, data48, 4, "--max-steps", "8", "--resume", str(reference / "step3.pth")),
             args(locked, data48, 4, "--max-steps", "1")]
-    log = torchrun(tmp_path, "tests/ddp_worker.py", *[a for i, run in enumerate(runs) for a in ["--next"][:i] + run])
+    with RunLock(locked):  # a live process that is not a rank holds the last folder: rank 0 must refuse it
+        log = torchrun(tmp_path, "tests/ddp_worker.py", *[a for i, run in enumerate(runs)
+                                                          for a in ["--next"][:i] + run])
     try:
         dumps = [[torch.load(tmp_path / f"{i}_rank{r}.pt", weights_only=True) for r in range(2)] for i in range(4)]
     except FileNotFoundError:
@@ -231,7 +212,7 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, d
     assert all(torch.equal(dumps[1][0]["ema"][k], final[k]) for k in final)
 
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in (reference / "run").iterdir()) == \
-        ["config.json", "loss.png", "metrics.csv", "samples", "test_001.pth", "viz"]
+        [".lock", "config.json", "loss.png", "metrics.csv", "samples", "test_001.pth", "viz"]
     frames = [sorted(p.name for p in (folder / "viz").iterdir()) for folder in (ddp, reference / "run")]
     assert frames[0] == frames[1] and "progress.gif" in frames[0]
     assert len(list(csv.DictReader(open(ddp / "metrics.csv")))) == 8
@@ -247,5 +228,5 @@ def test_torchrun_main_py_trains_class_conditional_through_the_dataloader_like_o
     log = torchrun(tmp_path, "main.py", *args(run, data48, 4, *COND, "--no-cache"))
     assert "stopped (max_steps) at step 4" in log, log[-5000:]
     assert_same_training(reference / "cond", run)
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "samples",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "loss.png", "metrics.csv", "samples",
                                                      "test_001.pth"]

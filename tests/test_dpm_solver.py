@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from sampling import SamplerConfig, run_chain, sample_images
-from sampling.sampler import draw_noise
-from scheduler import DPMSolverPlusPlusScheduler, LinearNoiseScheduler, dpm_solver_timesteps
+from scheduler import DPMSolverPlusPlusScheduler, LinearNoiseScheduler, dpm_solver_timesteps, draw_noise
 
 T = 1000
 
@@ -212,3 +211,36 @@ def test_deterministic_and_leaves_the_generator_alone(ddpm):
     for t in ours.timesteps.tolist():
         x, _ = ours.step(x, stand_in_eps(ddpm, x, t), t, generator=g)
     assert torch.equal(g.get_state(), state) and np.isfinite(x.numpy()).all()
+
+
+# ---------------------------------------------------------------------------------------- settings and user errors
+def test_timestep_edge_cases():
+    assert dpm_solver_timesteps(1, 1).tolist() == [0]  # T = 1: the one step goes from t = 0 to x0
+    with pytest.raises(ValueError, match=r"S=10 of T=10 steps would repeat timesteps .*; use S <= 9"):
+        dpm_solver_timesteps(10, 10)
+
+
+def test_default_steps_and_moving_the_state(ddpm):
+    assert DPMSolverPlusPlusScheduler(ddpm).num_steps == 20
+    fresh = DPMSolverPlusPlusScheduler(LinearNoiseScheduler(T), 5)
+    assert fresh.to("meta") is fresh and fresh.device.type == "meta" and fresh._x0_prev is None
+    solver = DPMSolverPlusPlusScheduler(LinearNoiseScheduler(T), 5)
+    x = torch.randn(2, 1, 3, 3)
+    solver.step(x, stand_in_eps(ddpm, x, 999), 999)
+    solver.to("meta")
+    assert solver.base.device.type == "meta" and solver._x0_prev.device.type == "meta"
+
+
+def test_step_errors_name_the_problem(ddpm):
+    solver = DPMSolverPlusPlusScheduler(ddpm, 5)  # 999, 799, 599, 400, 200
+    x = torch.zeros(1, 1, 3, 3)
+    with pytest.raises(ValueError, match=r"noise_pred shape \(1, 1, 3, 4\) must equal x_t shape \(1, 1, 3, 3\)"):
+        solver.step(x, torch.zeros(1, 1, 3, 4), 999)
+    with pytest.raises(ValueError, match=r"t=5 is not a DPM-Solver\+\+ timestep"):
+        solver.step(x, x, 5)
+    with pytest.raises(ValueError, match=r"in order from t=999 on the same batch: got t=799 .* expected t=999"):
+        solver.step(x, x, 799)  # a fresh chain must start at t = 999
+    for t in solver.timesteps.tolist():
+        solver.step(x, x, t)
+    with pytest.raises(ValueError, match=r"got t=799 .* expected t=None"):
+        solver.step(x, x, 799)  # the chain is over

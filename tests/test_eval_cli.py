@@ -23,7 +23,7 @@ T = 20
 
 @pytest.fixture(scope="module")
 def ckpt_file(tmp_path_factory) -> Path:
-    from training.checkpoint import FORMAT, save_checkpoint
+    from common.checkpoint import FORMAT, save_checkpoint
     from training.config import TrainConfig
 
     torch.manual_seed(0)

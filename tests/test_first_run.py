@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import main as entry
+from common.checkpoint import load_checkpoint
 from common.progress import LogLineBar, progress_bar
 from dataset.folder_scan import scan_class_folders, sort_class_names
-from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -209,8 +209,8 @@ def test_eval_names_a_folder_given_as_checkpoint_and_too_few_samples_for_the_lab
     with caplog.at_level(logging.ERROR):
         assert entry.main(["--eval-ddpm-model", "--ckpt-file", str(tmp_path), "--task-name", str(tmp_path / "o")]) == 2
     assert "is a folder" in caplog.text
+    from common.checkpoint import FORMAT, save_checkpoint
     from models import UNet
-    from training.checkpoint import FORMAT, save_checkpoint
     from training.config import TrainConfig
 
     model = UNet.from_preset("tiny", attn=(False, True), context_dim=8, num_classes=10)

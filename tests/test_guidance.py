@@ -77,7 +77,7 @@ def test_label_accuracy():
 
 # ---------------------------------------------------------------------------------------------- CLI
 def _save(path: Path, model: UNet, class_names: list[str] | None = None) -> Path:
-    from training.checkpoint import FORMAT, save_checkpoint
+    from common.checkpoint import FORMAT, save_checkpoint
     from training.config import TrainConfig
 
     save_checkpoint(path, {
@@ -137,3 +137,12 @@ def test_bad_guidance_flags_are_parser_errors(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main.main(["--eval-ddpm-model", *flags])
     assert exit_info.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_only_a_model_with_a_label_embedding_can_be_guided():
+    for model in (UNet.from_preset("tiny"), torch.nn.Linear(1, 1)):  # label_embedding None, or no such attribute
+        with pytest.raises(ValueError, match=r"this model is unconditional \(trained without --conditional\); it "
+                                             r"cannot take labels or a guidance scale"):
+            guided_eps_fn(model, torch.tensor([1]), 2.0)
+    with pytest.raises(ValueError, match="^need at least one class label$"):
+        labels_in_rows([], 3)

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import max_difference, without_key_bias
-from test_training import write_digits
+from fault_injection import max_difference, without_key_bias, write_digits
 
 import main as entry
+from common.checkpoint import load_checkpoint
 from models import UNet, preset_config
 from scheduler import LinearNoiseScheduler
-from training import cli, performance
-from training.checkpoint import load_checkpoint
-from training.metrics_log import read_metrics
-from training.performance import Performance, resolve_performance
+from training import cli, runtime
+from training.monitor import read_metrics
+from training.runtime import Performance, resolve_performance
 from training.trainer import l_simple
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -44,14 +43,14 @@ def test_cpu_defaults_are_fp32_eager_channels_last_and_explicit_choices_stand():
 
 def test_cuda_defaults_follow_what_the_gpu_supports(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a test GPU")
-    monkeypatch.setattr(performance, "_triton_usable", lambda device: True)
+    monkeypatch.setattr(runtime, "_triton_usable", lambda device: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_performance("auto", None, None, CUDA) == Performance("bf16", True, True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_performance("auto", None, None, CUDA) == Performance("fp32", True, True)
     with pytest.raises(ValueError, match="a test GPU does not support bfloat16; use --precision fp16"):
         resolve_performance("bf16", None, None, CUDA)
-    monkeypatch.setattr(performance, "_triton_usable", lambda device: False)
+    monkeypatch.setattr(runtime, "_triton_usable", lambda device: False)
     assert not resolve_performance("fp16", None, None, CUDA).compile
     with pytest.raises(ValueError, match="needs Triton"):
         resolve_performance("fp16", True, None, CUDA)

@@ -1,11 +1,10 @@
-"""IDX reading and scripts/prepare_mnist.py on tiny hand-made IDX files."""
+"""IDX reading, PNG tree preparation and scripts/prepare_mnist.py on tiny hand-made IDX files."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 from pathlib import Path
@@ -15,11 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-import dataset.prepare as prepare
 from dataset import (
     IDXFormatError,
     MNISTDataset,
-    ensure_mnist_images,
     load_mnist_idx,
     prepare_mnist_images,
     read_idx_images,
@@ -78,14 +75,6 @@ def test_idx_roundtrip_gz_and_plain(tmp_path: Path) -> None:
     assert read_idx_labels(labels).tolist() == [3, 1, 4] and read_idx_labels(labels).dtype == np.int64
 
 
-def test_expected_md5_is_checked(tmp_path: Path) -> None:
-    path = write_idx(tmp_path / "labels.gz", np.array([1, 2], dtype=np.uint8))
-    good = hashlib.md5(path.read_bytes()).hexdigest()
-    assert read_idx_labels(path, expected_md5=good).tolist() == [1, 2]
-    with pytest.raises(IDXFormatError, match=f"md5 mismatch for {path}.*expected 0+"):
-        read_idx_labels(path, expected_md5="0" * 32)
-
-
 def test_known_file_name_with_wrong_md5_fails_unless_verify_is_off(raw_dir: Path) -> None:
     with pytest.raises(IDXFormatError, match=f"md5 mismatch for {raw_dir / 'train-images-idx3-ubyte.gz'}"):
         load_mnist_idx("train", raw_dir)
@@ -99,7 +88,8 @@ def test_known_file_name_with_wrong_md5_fails_unless_verify_is_off(raw_dir: Path
         (bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2]) + bytes(7), "truncated: header shape"),
         (bytes([0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1]) + bytes(2), "longer than its header"),
         (bytes([1, 2, 8, 3]), "not an IDX file"),
-        (bytes([0, 0, 0x42, 1, 0, 0, 0, 1, 0]), "unknown IDX type"),
+        (bytes([0, 0, 0x42, 1, 0, 0, 0, 1, 0]), "type code 0x42; only 0x08"),
+        (bytes([0, 0, 0x0C, 1, 0, 0, 0, 1]) + bytes(4), "type code 0x0c"),  # int32: not MNIST
         (bytes([0, 0, 8, 3, 0, 0]), "truncated inside its header"),
         (bytes([0, 0, 8, 1, 0, 0, 0, 1, 5]), "does not hold MNIST images"),  # a labels file
     ],
@@ -134,81 +124,72 @@ def test_bundled_files_match_known_md5() -> None:
 
 
 # ---- preparing PNG trees -----------------------------------------------------------------------
-def test_prepare_writes_exact_pngs_and_marker(raw_dir: Path, tmp_path: Path) -> None:
+def test_prepare_writes_exact_pngs(raw_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    folders = prepare_mnist_images(raw_dir, out, verify_md5=False, workers=1)
+    folders = prepare_mnist_images(raw_dir, out, verify_md5=False)
     assert folders == {"train": out / "mnist_images", "test": out / "mnist_images_test"}
     images, labels = load_mnist_idx("train", raw_dir, verify=False)
     for index in (0, 5, N_TRAIN - 1):
         png = out / "mnist_images" / str(labels[index]) / f"{index}.png"
         assert np.array_equal(np.asarray(Image.open(png)), images[index])  # lossless, index-addressed
-    marker = json.loads((out / "mnist_images" / prepare.MARKER_NAME).read_text())
-    assert marker["count"] == N_TRAIN and sum(marker["class_counts"].values()) == N_TRAIN
-    ds = MNISTDataset("train", out, cache=True)
+    ds = MNISTDataset("train", out / "mnist_images", cache=True)
     order = [int(p.stem) for p, _ in ds.samples]  # by class, then index
+    assert order == np.argsort(labels, kind="stable").tolist()
     assert ds.as_tensors()[1].tolist() == labels[order].tolist()
     assert torch.equal(ds.as_tensors()[0][:, 0], torch.from_numpy(images[order]))
     assert torch.equal(ds[0][0], to_model_range(torch.from_numpy(images[order[0]])[None]))
-    assert len(MNISTDataset("test", out)) == N_TEST and ds.num_skipped == 0
-
-
-def test_pool_of_workers_writes_the_same_tree(raw_dir: Path, tmp_path: Path) -> None:
-    one = prepare_mnist_images(raw_dir, tmp_path / "one", ("test",), verify_md5=False, workers=1)["test"]
-    two = prepare_mnist_images(raw_dir, tmp_path / "two", ("test",), verify_md5=False, workers=2)["test"]
-    names = sorted(str(p.relative_to(one)) for p in one.rglob("*"))
-    assert names == sorted(str(p.relative_to(two)) for p in two.rglob("*"))
-    assert all((one / n).read_bytes() == (two / n).read_bytes() for n in names if n.endswith(".png"))
+    assert len(MNISTDataset("test", out / "mnist_images_test")) == N_TEST and ds.num_skipped == 0
 
 
 def test_second_run_does_nothing(raw_dir: Path, tmp_path: Path, caplog) -> None:
     out = tmp_path / "out"
-    prepare_mnist_images(raw_dir, out, verify_md5=False, workers=1)
+    prepare_mnist_images(raw_dir, out, verify_md5=False)
     before = tree_snapshot(out)
     with caplog.at_level(logging.INFO, logger="dataset.prepare"):
-        prepare_mnist_images(raw_dir, out, verify_md5=False, workers=1)
+        prepare_mnist_images(raw_dir, out, verify_md5=False)
     assert tree_snapshot(out) == before
     assert caplog.text.count("nothing to do") == 2
 
 
 def test_interrupted_run_leaves_no_tree(raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
-    real_write = prepare._write_chunk
-    monkeypatch.setattr(prepare, "_CHUNK", 5)
+    real_save, saved = Image.Image.save, []
 
-    def write_then_die(task):
-        if int(task[2][0]) >= 10:  # after two chunks have been written
+    def save_then_die(img, fp, *args, **kwargs):
+        if len(saved) == 10:
             raise KeyboardInterrupt
-        return real_write(task)
+        saved.append(fp)
+        return real_save(img, fp, *args, **kwargs)
 
-    monkeypatch.setattr(prepare, "_write_chunk", write_then_die)
+    monkeypatch.setattr(Image.Image, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False, workers=1)
-    assert sorted(os.listdir(out)) == []  # neither a target nor a temporary folder
-    monkeypatch.setattr(prepare, "_write_chunk", real_write)
-    prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False, workers=1)
-    assert MNISTDataset("train", out).class_counts() == {str(d): N_TRAIN // 10 + (d < N_TRAIN % 10) for d in range(10)}
+        prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False)
+    assert len(saved) == 10 and sorted(os.listdir(out)) == []  # neither a target nor a temporary folder
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False)
+    counts = MNISTDataset.from_folder(out / "mnist_images").class_counts()
+    assert counts == {str(d): N_TRAIN // 10 + (d < N_TRAIN % 10) for d in range(10)}
 
 
-def test_killed_run_leftovers_are_removed(raw_dir: Path, tmp_path: Path) -> None:
+def test_another_runs_temporary_folder_is_left_alone(raw_dir: Path, tmp_path: Path) -> None:
+    """It may belong to a run still writing; a killed run's leftover is hidden and never read."""
     out = tmp_path / "out"
-    dead_pid = 2**22 + 12345  # above Linux's pid_max default: no such process
-    partial = out / f".mnist_images.partial-{dead_pid}"
-    (partial / "3").mkdir(parents=True)
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(partial / "3" / "0.png")
-    (out / f".mnist_images.old-{dead_pid}").mkdir()
-    prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False, workers=1)
-    assert sorted(os.listdir(out)) == ["mnist_images"]
+    other = out / f".mnist_images.partial-{os.getpid() + 1}"
+    (other / "3").mkdir(parents=True)
+    prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False)
+    assert sorted(os.listdir(out)) == [other.name, "mnist_images"] and (other / "3").is_dir()
+    assert len(MNISTDataset.from_folder(out / "mnist_images")) == N_TRAIN
 
 
-def test_incomplete_target_needs_force(raw_dir: Path, tmp_path: Path) -> None:
+def test_force_rebuilds_an_existing_tree(raw_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    target = prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False, workers=1)["train"]
+    target = prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False)["train"]
     victim = next(target.glob("*/*.png"))
-    victim.unlink()  # a PNG lost after preparation: counts no longer match the marker
-    with pytest.raises(ValueError, match=f"{target} exists but is not a complete train tree.*--force"):
-        prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False, workers=1)
+    victim.unlink()
     (target / "notes.txt").write_text("user file")
-    prepare_mnist_images(raw_dir, out, ("train",), force=True, verify_md5=False, workers=1)
+    prepare_mnist_images(raw_dir, out, ("train",), verify_md5=False)  # exists: left alone
+    assert not victim.exists() and (target / "notes.txt").exists()
+    prepare_mnist_images(raw_dir, out, ("train",), force=True, verify_md5=False)
     assert victim.exists() and not (target / "notes.txt").exists()
     assert sorted(os.listdir(out)) == ["mnist_images"]
 
@@ -216,46 +197,6 @@ def test_incomplete_target_needs_force(raw_dir: Path, tmp_path: Path) -> None:
 def test_bad_splits_argument(raw_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="splits"):
         prepare_mnist_images(raw_dir, tmp_path, ("validation",))
-
-
-# ---- ensure_mnist_images -----------------------------------------------------------------------
-@pytest.fixture
-def fake_defaults(raw_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the default paths at tmp_path/repo/data/MNIST and accept the fake files' md5s."""
-    root = tmp_path / "repo" / "data" / "MNIST"
-    root.mkdir(parents=True)
-    os.replace(raw_dir, root / "raw")
-    monkeypatch.setattr(data_paths, "DEFAULT_RAW_DIR", root / "raw")
-    monkeypatch.setattr(data_paths, "DEFAULT_DATA_PATH", root / "mnist_images")
-    monkeypatch.setattr(data_paths, "DEFAULT_TEST_DATA_PATH", root / "mnist_images_test")
-    for name in (n for pair in MNIST_FILES.values() for n in pair):
-        monkeypatch.setitem(KNOWN_MD5, name, (hashlib.md5((root / "raw" / name).read_bytes()).hexdigest(),))
-    return root
-
-
-def test_ensure_prepares_default_path_once(fake_defaults: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    monkeypatch.chdir(fake_defaults.parent.parent)  # the fake repo root: relative default path
-    with caplog.at_level(logging.INFO, logger="dataset"):
-        path = ensure_mnist_images("data/MNIST/mnist_images")
-    assert path == fake_defaults / "mnist_images" and len(MNISTDataset.from_folder(path)) == N_TRAIN
-    assert len([r for r in caplog.records if r.levelno == logging.INFO]) == 1
-    assert "first use" in caplog.text
-    assert not (fake_defaults / "mnist_images_test").exists()  # only the split asked for
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="dataset"):
-        assert ensure_mnist_images(fake_defaults / "mnist_images") == path
-    assert caplog.records == []
-
-
-def test_ensure_non_default_missing_path_raises(fake_defaults: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'elsewhere'} does not exist.*prepare_mnist.py"):
-        ensure_mnist_images(tmp_path / "elsewhere")
-
-
-def test_ensure_default_without_idx_files(fake_defaults: Path) -> None:
-    (fake_defaults / "raw" / MNIST_FILES["test"][0]).unlink()
-    with pytest.raises(FileNotFoundError, match="t10k-images.*--download"):
-        ensure_mnist_images(fake_defaults / "mnist_images_test")
 
 
 # ---- the script --------------------------------------------------------------------------------
@@ -268,12 +209,13 @@ def script():
 
 
 def test_script_runs_and_is_idempotent(script, raw_dir: Path, tmp_path: Path, caplog) -> None:
-    argv = ["--raw-dir", str(raw_dir), "--out-root", str(tmp_path / "out"), "--skip-md5", "--workers", "1"]
+    argv = ["--raw-dir", str(raw_dir), "--out-root", str(tmp_path / "out"), "--skip-md5"]
     caplog.set_level(logging.INFO)
     assert script.main(argv) == 0 and "wrote 23 train PNGs" in caplog.text
     caplog.clear()
     assert script.main(argv) == 0 and caplog.text.count("nothing to do") == 2
-    assert script.main(argv[:4]) == 1 and "md5 mismatch" in caplog.text  # md5 checked by default
+    fresh = ["--raw-dir", str(raw_dir), "--out-root", str(tmp_path / "fresh")]
+    assert script.main(fresh) == 1 and "md5 mismatch" in caplog.text  # md5 checked by default
 
 
 def test_script_missing_raw_files(script, tmp_path: Path, caplog) -> None:

@@ -2,31 +2,29 @@
 writes, hostile checkpoints, bad flags, NaN/inf and the run lock. Messy data is fuzzed in
 ``tests/test_dataset_fuzz.py``; ten-plus kills run in ``tests/stress/`` and ``scripts/reliability_report.py``.
 
-The faults themselves live in ``tests/fault_injection/`` (shared with the report script, so the published
+The faults themselves live in ``scripts/fault_injection/`` (shared with the report script, so the published
 figures come from the same code).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from fault_injection import CKPT_NAME, write_digits
+from fault_injection import CKPT_NAME, make_state, write_digits
 from fault_injection import flags as bad_flags
 from fault_injection.divergence import check_divergence
 from fault_injection.hostile import CASES, check_hostile
 from fault_injection.kills import kill_and_resume
 from fault_injection.locks import check_kill_during_lock_creation, check_lock_race
 from fault_injection.writes import WRITE_FAILURES, check_disk_full_during_training, check_failed_write
-from test_checkpoint import make_state
 
-from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.run_lock import LOCK_NAME, RunLock, RunLockedError
+from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from common.run_lock import LOCK_NAME, RunLock, RunLockedError
 
 
 @pytest.fixture(scope="module")
@@ -191,32 +189,24 @@ def _dead_pid() -> int:
     return dead.pid
 
 
-@pytest.mark.parametrize("content, verdict", [
-    (lambda: f"{os.getppid()}\nhost={socket.gethostname()}\nstart=1\n", "stale"),  # live PID, other start: reused
-    (lambda: f"{os.getppid()}\n", "live"),  # the pre-host format: PID alone
-    (lambda: f"{_dead_pid()}\nhost={socket.gethostname()}\n", "stale"),
-    (lambda: f"{os.getppid()}\nhost=some-other-node\n", "other host"),
-], ids=["pid-reused", "old-format-live", "dead", "other-host"])
-def test_lock_owner_checks(tmp_path, content, verdict, caplog):
-    (tmp_path / LOCK_NAME).write_text(content())
-    lock = RunLock(tmp_path)
-    if verdict == "stale":
-        with caplog.at_level(logging.WARNING, logger="training.run_lock"):
-            lock.acquire()
-        assert "taking over the stale lock" in caplog.text
-        assert (tmp_path / LOCK_NAME).read_text().split("\n")[0] == str(os.getpid())
-        lock.release()
-        assert not (tmp_path / LOCK_NAME).exists()
-    else:
-        match = "on host some-other-node .* delete" if verdict == "other host" else f"PID {os.getppid()}"
-        with pytest.raises(RunLockedError, match=match):
-            lock.acquire()
+def test_the_lock_file_of_a_dead_run_is_taken_at_once_and_names_its_new_owner(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(f"{_dead_pid()}\n")
+    with RunLock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+    with RunLock(tmp_path):  # released on exit: the next run takes it too
+        pass
 
 
-def test_a_big_file_named_lock_is_never_deleted(tmp_path):
-    """e.g. ``--ckpt-save-name .lock``: the checkpoint replaced the lock; taking it over would delete it."""
-    save_checkpoint(tmp_path / LOCK_NAME, make_state())
-    os.utime(tmp_path / LOCK_NAME, (1, 1))  # old enough to look stale
-    with pytest.raises(RunLockedError, match="is not a lock file"):
-        RunLock(tmp_path).acquire()
-    assert load_checkpoint(tmp_path / LOCK_NAME)["step"] == 1
+def test_a_held_lock_refuses_a_second_run_naming_the_holders_pid(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.run_lock import RunLock; "
+                               "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"in use by another training run \(PID {holder.pid}\)"):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(tmp_path):  # the kernel dropped the killed holder's lock
+        pass

@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from sampling import SamplerConfig, sample_images
-from sampling.sampler import draw_noise
-from scheduler import LinearNoiseScheduler, RespacedDDPMScheduler, ddim_timesteps, respaced_betas
+from scheduler import LinearNoiseScheduler, RespacedDDPMScheduler, ddim_timesteps, draw_noise, respaced_betas
 
 T = 1000
 
@@ -156,3 +155,35 @@ def test_gaussian_data_moments(ddpm, steps):
                       generator=torch.Generator().manual_seed(3), progress=False).images.flatten().double()
     assert abs(float(x.mean()) - mu) < 0.01
     assert abs(float(x.std()) - var**0.5) < 0.01
+
+
+# ---------------------------------------------------------------------------------------- settings and user errors
+def test_repeated_timesteps_are_refused(ddpm):
+    for tau in ([1, 5, 5], [3, 3], []):
+        with pytest.raises(ValueError, match="respacing needs distinct timesteps"):
+            respaced_betas(ddpm.alphas_cumprod_float64(), torch.tensor(tau, dtype=torch.long))
+
+
+def test_repr_and_devices(ddpm):
+    respaced = RespacedDDPMScheduler(ddpm, 10, spacing="leading")
+    assert repr(respaced) == "RespacedDDPMScheduler(num_steps=10, spacing='leading', T=1000)"
+    on_meta = RespacedDDPMScheduler(LinearNoiseScheduler(T, device="meta"), 10)
+    assert on_meta.device.type == "meta" and on_meta._index_of.device.type == "meta"
+    moved = RespacedDDPMScheduler(LinearNoiseScheduler(T), 10)
+    assert moved.to("meta") is moved
+    assert {moved.device.type, moved.base.device.type, moved._index_of.device.type} == {"meta"}
+
+
+def test_respaced_index(ddpm):
+    respaced = RespacedDDPMScheduler(ddpm, 10)  # τ = 999, 899, …, 99
+    assert respaced.respaced_index(99).tolist() == [0] and respaced.respaced_index(999, 2).tolist() == [9, 9]
+    with pytest.raises(ValueError, match=r"timesteps \[500\] are not among the respaced timesteps \[999, 899"):
+        respaced.respaced_index(torch.tensor([99, 500]), 2)
+
+
+def test_step_draws_from_the_generator(ddpm):
+    respaced = RespacedDDPMScheduler(ddpm, 10)
+    x_t, eps = torch.randn(2, 1, 3, 3), torch.randn(2, 1, 3, 3)
+    z = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(3))
+    drawn = respaced.step(x_t, eps, 899, generator=torch.Generator().manual_seed(3))[0]
+    assert torch.equal(drawn, respaced.step(x_t, eps, 899, noise=z)[0])

@@ -7,6 +7,8 @@ The samplers are checked with analytic noise predictors, for which the right ans
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +17,10 @@ from PIL import Image
 from models import UNet
 from sampling import (
     SamplerConfig,
+    Trajectory,
     load_samples_npz,
     make_grid,
+    make_stepper,
     model_eps_fn,
     sample_images,
     save_grid_png,
@@ -24,6 +28,8 @@ from sampling import (
     save_trajectory_gif,
     to_uint8,
 )
+from sampling.images import trajectory_frames
+from sampling.sampler import _frame_positions
 from scheduler import LinearNoiseScheduler, ddim_timesteps
 
 T = 1000
@@ -289,3 +295,151 @@ def test_non_finite_samples_are_an_error_naming_the_step():
     with pytest.raises(NonFiniteSamplesError, match=r"step 4 of 5 \(t = 3\)"):
         sample_images(eps_fn, scheduler, 2, SamplerConfig("ddim", 5), image_shape=(1, 4, 4),
                       generator=torch.Generator().manual_seed(0), progress=False)
+
+
+# ---------------------------------------------------------------------------------------- settings and user errors
+def test_sampler_config_bounds():
+    for config in (SamplerConfig("ddim", 1), SamplerConfig("ddim", 3, eta=1.0)):
+        assert config.resolved_steps(T) == config.num_steps
+    for kwargs, message in [({"num_steps": 0}, "num_steps must be a positive int or None, got 0"),
+                            ({"num_steps": True}, "num_steps must be a positive int or None, got True"),
+                            ({"eta": 1.5}, r"eta must lie in \[0, 1\], got 1.5")]:
+        with pytest.raises(ValueError, match=message):
+            SamplerConfig("ddim", **kwargs)
+    with pytest.raises(ValueError, match=r"^eta only applies to DDIM; DDPM's reverse variance is fixed to β̃_t \(use "
+                                         r"--sampler ddim\)$"):
+        SamplerConfig("ddpm", eta=0.5)
+    with pytest.raises(ValueError, match=r"^eta only applies to DDIM; DPM-Solver\+\+\(2M\) is a deterministic "
+                                         r"ODE solver$"):
+        SamplerConfig("dpm-solver++", eta=0.5)
+    with pytest.raises(ValueError, match=r"dpm-solver\+\+ num_steps must lie in \[1, T-1=1\], got 2"):
+        SamplerConfig("dpm-solver++", 2).resolved_steps(2)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm-solver++"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_make_stepper_passes_clip_x0_on(scheduler, name, clip):
+    _, step = make_stepper(scheduler, SamplerConfig(name, 5, clip_x0=clip))
+    assert step.__self__.clip_x0 is clip
+
+
+def test_frame_positions():
+    assert _frame_positions(10, 0) == set() and _frame_positions(10, 1) == {0}
+    assert _frame_positions(10, 2) == {0, 9} and _frame_positions(20, 5) == {0, 5, 10, 14, 19}
+
+
+def test_sample_images_defaults_and_argument_checks(caplog):
+    """Defaults: DDPM over all T steps, batches of 100, no trajectory, a progress line. Bad arguments are named."""
+    small = LinearNoiseScheduler(4)
+    zero = lambda x_t, t: torch.zeros_like(x_t)  # noqa: E731
+
+    def draw(**kwargs):
+        return sample_images(zero, small, 101, image_shape=(1, 1, 1), generator=torch.Generator().manual_seed(0),
+                             **kwargs)
+
+    with caplog.at_level(logging.INFO):
+        default = draw()
+    assert default.sampler == "ddpm-4" and default.trajectory is None
+    assert torch.equal(default.images, draw(config=SamplerConfig("ddpm"), batch_size=100).images)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "sampling 101 images with ddpm-4 in 2 batch(es) of <= 100 on cpu" in messages
+    assert any(m.startswith("ddpm-4: 8/8 (100%)") and m.endswith(" step/s]") for m in messages)  # the bar, logged
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        draw(progress=False)
+    assert not any(r.getMessage().startswith("ddpm-4: ") for r in caplog.records)  # progress=False: no bar
+    one = sample_images(zero, small, 1, batch_size=1, trajectory_frames=2, progress=False)
+    assert one.images.shape == (1, 1, 28, 28) and one.trajectory.x_t.shape[1] == 1
+    many = sample_images(zero, small, 20, image_shape=(1, 1, 1), trajectory_frames=2, progress=False)
+    assert many.trajectory.x_t.shape[1] == 16  # trajectory_images defaults to 16
+    for kwargs, message in [({"num_samples": True}, "num_samples must be a positive int, got True"),
+                            ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
+                            ({"batch_size": True}, "batch_size must be a positive int, got True"),
+                            ({"device": "meta"}, r"the scheduler lives on cpu but sampling on meta; call "
+                                                 r"scheduler.to\(\)")]:
+        with pytest.raises(ValueError, match=message):
+            sample_images(zero, small, **{"num_samples": 2, **kwargs})
+    with pytest.raises(ValueError, match="^pass exactly one of eps_fn and batch_eps_fn$"):
+        sample_images(None, small, 2)
+
+
+# ---------------------------------------------------------------------------------------- image files, edge cases
+def test_to_uint8_shapes():
+    x = torch.rand(2, 1, 3, 5) * 2 - 1
+    assert np.array_equal(to_uint8(x[:, 0]), to_uint8(x)) and to_uint8(x).shape == (2, 3, 5)  # [N, H, W] accepted
+    rgb = torch.rand(2, 3, 3, 5) * 2 - 1
+    assert to_uint8(rgb).shape == (2, 3, 5, 3) and np.array_equal(to_uint8(rgb)[..., 1], to_uint8(rgb[:, 1]))
+    with pytest.raises(ValueError, match=r"expected images \[N, C, H, W\] or \[N, H, W\], got shape \(3, 5\)"):
+        to_uint8(torch.zeros(3, 5))
+
+
+def test_make_grid_edge_cases():
+    one = np.full((1, 2, 3), 7, np.uint8)
+    assert make_grid(one, num_rows=5, padding=1).shape == (4, 5)  # a single tile: one row, one column
+    assert make_grid(np.full((3, 2, 3), 7, np.uint8), num_rows=1, padding=1).shape == (4, 13)
+    rgb = np.stack([np.full((2, 2, 3), k, np.uint8) for k in (10, 20)])
+    grid = make_grid(rgb, num_rows=1, padding=1, pad_value=255)
+    assert grid.shape == (4, 7, 3) and (grid[1, 1] == 10).all() and (grid[1, 4] == 20).all() and (grid[0] == 255).all()
+    # Floats with NaN gaps and no border: what the figures draw with one imshow.
+    tiles = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    grid = make_grid(tiles, num_rows=2, padding=2, pad_value=np.nan, border=False)
+    assert grid.dtype == np.float32 and grid.shape == (6, 2)
+    np.testing.assert_array_equal(grid, [[0, 1], [2, 3], [np.nan] * 2, [np.nan] * 2, [4, 5], [6, 7]])
+    for bad, message in [(one[0], r"expected images \[N, H, W\] or \[N, H, W, C\], got shape \(2, 3\)"),
+                         (True, "num_rows must be a positive int, got True")]:
+        with pytest.raises(ValueError, match=message):
+            make_grid(one[0], 1) if bad is not True else make_grid(one, bad)
+
+
+def test_image_files_in_new_folders_scaled_with_nearest(tmp_path):
+    x = torch.rand(4, 1, 3, 3) * 2 - 1
+    png = save_grid_png(x, tmp_path / "a" / "b" / "grid.png", num_rows=2, scale=2)
+    with Image.open(png) as im:
+        np.testing.assert_array_equal(np.asarray(im), make_grid(to_uint8(x), 2).repeat(2, 0).repeat(2, 1))
+    with Image.open(save_grid_png(x, tmp_path / "grid1.png", num_rows=2, scale=1)) as im:
+        assert im.size == (2 * 5 + 2, 2 * 5 + 2)
+    with pytest.raises(ValueError, match="expected a model-space tensor or uint8 images, got float64"):
+        save_grid_png(np.zeros((2, 3, 3)), tmp_path / "g.png", 1)
+    npz = save_samples_npz(x, tmp_path / "c" / "d" / "samples.npz")
+    assert load_samples_npz(npz)[1] == {}
+    with pytest.raises(ValueError, match="samples must be uint8, got float64"):
+        save_samples_npz(np.zeros((2, 3, 3)), tmp_path / "s.npz")
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((1, 2, 2), np.uint8)}, r"has no 'images' array \(keys: \['x'\]\)"),
+    ({"images": np.zeros((1, 2, 2, 1), np.uint8)}, r"expected uint8 images \[N, H, W\], got uint8 \(1, 2, 2, 1\)"),
+    ({"images": np.zeros((1, 2, 2), np.float32)}, r"expected uint8 images \[N, H, W\], got float32 \(1, 2, 2\)"),
+    ({"images": np.array([None, 1], dtype=object)}, "allow_pickle=False"),  # pickles are never loaded
+])
+def test_load_samples_refuses_what_is_not_samples(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=message):
+        load_samples_npz(path)
+    with pytest.raises(FileNotFoundError, match=r"samples file .*missing.npz not found"):
+        load_samples_npz(tmp_path / "missing.npz")
+
+
+def test_trajectory_gif_frames_timing_and_size(tmp_path):
+    k = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1, 1) / 3  # three different frames
+    traj = Trajectory([5, 1, -1], k.expand(3, 2, 1, 4, 4).clone(), -k.expand(3, 2, 1, 4, 4).clone())
+    gif = save_trajectory_gif(traj, tmp_path / "e" / "f" / "traj.gif", num_rows=1)
+    with Image.open(gif) as im:
+        assert im.n_frames == 3 and im.size == (2 * (2 * 14 + 8), 2 * 8) and im.info["loop"] == 0
+        durations = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            durations.append(im.info["duration"])
+        assert durations == [80, 80, 1500]
+        im.seek(0)
+        first = np.asarray(im.convert("L"))
+    left = make_grid(to_uint8(traj.x_t[0]), 1)
+    np.testing.assert_array_equal(first[:, :2 * 14], left.repeat(2, 0).repeat(2, 1))  # nearest, scale 2
+    np.testing.assert_array_equal(first[:, 2 * 14:2 * 22], 255)  # the white gap between x_t and x̂0
+    assert trajectory_frames(traj, 1)[0].size == (2 * (2 * 14 + 8), 2 * 8)  # scale 2 by default
+    with Image.open(save_trajectory_gif(traj, tmp_path / "s3.gif", num_rows=2, scale=3)) as im:
+        assert im.size == (3 * (2 * 8 + 8), 3 * 14)
+    with pytest.raises(ValueError, match="^the trajectory has no frames$"):
+        empty = torch.zeros(0, 1, 1, 2, 2)
+        save_trajectory_gif(Trajectory([], empty, empty), tmp_path / "x.gif", 1)

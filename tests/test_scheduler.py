@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from scheduler import DiffusionConfig, LinearNoiseScheduler, extract
+from scheduler import DiffusionConfig, LinearNoiseScheduler, NoiseScheduler, draw_noise, extract
+from scheduler.extract import as_timestep_tensor
 
 T = 1000
 
@@ -107,28 +108,32 @@ def test_per_sample_timesteps_match_single_steps(sched):
 def test_mean_from_clipped_x0_option():
     plain = LinearNoiseScheduler(T)
     clipped = LinearNoiseScheduler(T, mean_from_clipped_x0=True)
-    x_t = torch.randn(8, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    # x0 inside [−1, 1] with the true ε: x̂0 needs no clamping, so both forms agree.
     t = torch.full((8,), 10)
-    # ε that needs no clamping: both forms agree.
-    x0 = torch.rand(8, 1, 4, 4) * 1.6 - 0.8
-    eps = torch.randn(8, 1, 4, 4)
+    x0 = torch.rand(8, 1, 4, 4, generator=g) * 1.6 - 0.8
+    eps = torch.randn(8, 1, 4, 4, generator=g)
     x_t = plain.add_noise(x0, eps, t)
-    noise = torch.randn_like(x_t)
+    noise = torch.randn(8, 1, 4, 4, generator=g)
     assert torch.allclose(plain.sample_prev_timestep(x_t, eps, t, noise=noise)[0],
                           clipped.sample_prev_timestep(x_t, eps, t, noise=noise)[0], atol=1e-4)
-    # At large t a wild ε gives |x̂0| > 1: the clipped mean lies closer to the data range.
-    x_t = torch.randn(8, 1, 4, 4)
+    # At large t a wild ε gives |x̂0| > 1: the plain mean is Eq. 11, the clipped one Eq. 7 at clamp(x̂0).
+    x_t = torch.randn(8, 1, 4, 4, generator=g)
     eps = -5 * x_t
     t = torch.full((8,), 900)
+    x0_hat = plain.predict_x0(x_t, eps, t)
+    assert (x0_hat.abs() > 1).any()
     m_plain = plain.sample_prev_timestep(x_t, eps, t, noise=torch.zeros_like(x_t))[0]
     m_clip = clipped.sample_prev_timestep(x_t, eps, t, noise=torch.zeros_like(x_t))[0]
+    torch.testing.assert_close(m_plain, plain.reverse_mean(x_t, eps, t))
+    torch.testing.assert_close(m_clip, plain.posterior_mean(x0_hat.clamp(-1, 1), x_t, t))
     assert not torch.allclose(m_plain, m_clip)
 
 
 def test_sample_timesteps_uniform_and_seeded(sched):
     t1 = sched.sample_timesteps(20000, generator=torch.Generator().manual_seed(0))
     t2 = sched.sample_timesteps(20000, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(t1, t2) and t1.min() >= 0 and t1.max() <= T - 1
+    assert torch.equal(t1, t2) and t1.min() == 0 and t1.max() == T - 1  # every t is drawn, 0 and T−1 included
     assert abs(t1.float().mean().item() - (T - 1) / 2) < 10
 
 
@@ -269,3 +274,113 @@ def test_a_schedule_whose_alpha_bar_underflows_is_refused(T, beta_end, ok):
         return
     with pytest.raises(ValueError, match="Lower --beta-end or --num-timesteps"):
         DiffusionConfig(T, 1e-4, beta_end)
+
+
+# ----------------------------------------------------------------------------- timesteps, tables and user errors
+@pytest.mark.parametrize("t, message", [
+    (True, r"timestep must be an int or a LongTensor, got True"),
+    ("3", r"timestep must be an int or a LongTensor, got str"),
+    (torch.tensor([1.0, 2.0, 3.0]), r"timesteps must be integers, got a tensor of dtype torch.float32"),
+    (torch.tensor([1, 2]), r"timesteps must have shape \[3\] to match the batch, got \(2,\)"),
+    (torch.tensor([0, 4, 10]), r"timesteps must lie in \[0, 9\], got min 0, max 10"),
+    (-1, r"timesteps must lie in \[0, 9\], got min -1, max -1"),
+])
+def test_bad_timesteps_are_value_errors_naming_the_problem(t, message):
+    with pytest.raises(ValueError, match=message):
+        as_timestep_tensor(t, 3, 10, "cpu")
+
+
+def test_timesteps_become_one_long_per_sample():
+    assert as_timestep_tensor(torch.tensor(4), 3, 10, "cpu").tolist() == [4, 4, 4]  # 0-d: one step for all
+    t = as_timestep_tensor(torch.tensor([1, 2, 9], dtype=torch.int32), 3, 10, "cpu")
+    assert t.dtype == torch.long and t.tolist() == [1, 2, 9]
+    assert as_timestep_tensor(7, 2, 10, "cpu").tolist() == [7, 7]
+
+
+def test_extract_refuses_images_on_another_device():
+    with pytest.raises(ValueError, match=r"lives on meta but the images are on cpu; move the scheduler with "
+                                         r"scheduler.to\(device\)"):
+        extract(torch.zeros(5, device="meta"), torch.tensor([1]), torch.zeros(1, 2))
+
+
+def test_noise_scheduler_from_any_betas():
+    """The generic base: float64 tables from whatever dtype comes in, on the CPU and with Eq. 11 by default."""
+    betas = torch.tensor([0.1, 0.3, 1.0], dtype=torch.float32)  # β = 1 is allowed: the last step is pure noise
+    s = NoiseScheduler(betas)
+    assert s.device == torch.device("cpu") and s.mean_from_clipped_x0 is False
+    a = s.alphas_cumprod_float64()
+    assert a.dtype == torch.float64
+    assert torch.equal(a, torch.cumprod(1 - betas.double(), 0))
+    assert repr(s) == "NoiseScheduler(num_timesteps=3, device=cpu)"
+
+
+@pytest.mark.parametrize("betas", [[0.0, 0.5], [-0.1, 0.5], [0.5, 1.5], [], [[0.1, 0.2]]])
+def test_bad_betas_are_refused(betas):
+    with pytest.raises(ValueError, match=r"betas must be a non-empty 1-d sequence of values in \(0, 1\]"):
+        NoiseScheduler(torch.tensor(betas))
+
+
+@pytest.mark.parametrize("kwargs", [{"num_timesteps": 1}, {"beta_start": 0.01, "beta_end": 0.01}])
+def test_diffusion_config_edge_cases_are_valid(kwargs):
+    DiffusionConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"beta_start": 0.02, "beta_end": 0.01}, r"must not exceed beta_end \(0.01\): the linear schedule increases the "
+                                             r"noise level with t$"),
+    ({"num_timesteps": 100_001}, r"^num_timesteps=100001 is beyond any useful T \(the schedule is held in memory; "
+                                 r"the paper uses 1000\)$"),
+    ({"beta_end": 0.3}, r"zero and sampling would give NaN. Lower --beta-end or --num-timesteps \(the paper: 0.02, "
+                        r"1000\)$"),
+])
+def test_bad_diffusion_configs_say_why(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionConfig(**kwargs)
+
+
+def test_linear_scheduler_defaults_and_config():
+    s = LinearNoiseScheduler()
+    assert (s.num_timesteps, s.beta_start, s.beta_end) == (1000, 1e-4, 0.02)
+    assert repr(s) == "LinearNoiseScheduler(num_timesteps=1000, beta_start=0.0001, beta_end=0.02, device=cpu)"
+    # β is linear in float64 (a float32 linspace would differ in the last bits of ᾱ).
+    b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    assert torch.equal(s.alphas_cumprod_float64(), torch.cumprod(1 - b, 0))
+    assert LinearNoiseScheduler.from_config({"num_timesteps": 10}, mean_from_clipped_x0=True).mean_from_clipped_x0
+
+
+def test_built_on_a_device_every_table_lives_there():
+    s = LinearNoiseScheduler(10, device="meta")
+    assert {getattr(s, name).device.type for name in s._names} == {"meta"}
+
+
+def test_sample_timesteps_follow_the_schedule_or_the_requested_device():
+    g = torch.Generator().manual_seed(0)
+    assert LinearNoiseScheduler(10, device="meta").sample_timesteps(4, generator=g).device.type == "meta"
+    cpu = LinearNoiseScheduler(10)
+    assert cpu.sample_timesteps(4, generator=g, device="meta").device.type == "meta"
+    assert cpu.sample_timesteps(4, device="meta").device.type == "meta"
+    assert cpu.sample_timesteps(4).device.type == "cpu"
+
+
+def test_drawn_noise_is_the_generators_in_the_images_dtype(sched):
+    """Without ``noise``, z is drawn from ``generator`` in x_t's dtype: the same as passing that draw."""
+    x_t = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    eps = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    z = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    drawn = sched.sample_prev_timestep(x_t, eps, 500, generator=torch.Generator().manual_seed(5))[0]
+    assert torch.equal(drawn, sched.sample_prev_timestep(x_t, eps, 500, noise=z)[0])
+
+
+def test_draw_noise():
+    z = draw_noise((2, 3), torch.Generator().manual_seed(1), "cpu", torch.float64)
+    assert torch.equal(z, torch.randn(2, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    assert draw_noise((2, 3), torch.Generator().manual_seed(1), "meta").device.type == "meta"  # drawn, then moved
+
+
+@pytest.mark.parametrize("noise_pred, noise, message", [
+    (torch.zeros(2, 1, 4, 5), None, r"noise_pred shape \(2, 1, 4, 5\) must equal x_t shape \(2, 1, 4, 4\)"),
+    (torch.zeros(2, 1, 4, 4), torch.zeros(2, 4, 4), r"noise shape \(2, 4, 4\) must equal x_t shape \(2, 1, 4, 4\)"),
+])
+def test_step_shape_errors(sched, noise_pred, noise, message):
+    with pytest.raises(ValueError, match=message):
+        sched.sample_prev_timestep(torch.zeros(2, 1, 4, 4), noise_pred, 5, noise=noise)

@@ -32,8 +32,8 @@ def eps_fn_for(model, n: int):
 
 @pytest.mark.parametrize("path", PARAMS)
 def test_loads_and_samples(path):
+    from common.checkpoint import FORMAT, build_model_from_checkpoint
     from sampling import SamplerConfig, sample_images
-    from training.checkpoint import FORMAT, build_model_from_checkpoint
 
     model, scheduler, ckpt = build_model_from_checkpoint(path, use_ema=True)
     assert ckpt["format"] == FORMAT and not model.training
@@ -52,10 +52,10 @@ def test_loads_and_samples(path):
 @pytest.mark.parametrize("path", PARAMS)
 def test_samples_look_like_digits(path):
     """64 DDIM-20 samples: the metric classifier is confident on them and sees at least 6 classes."""
+    from common.checkpoint import build_model_from_checkpoint
     from evaluation.classifier import classify_uint8, load_classifier
     from evaluation.metrics import class_histogram, mean_max_prob
     from sampling import SamplerConfig, sample_images, to_uint8
-    from training.checkpoint import build_model_from_checkpoint
 
     model, scheduler, _ = build_model_from_checkpoint(path, use_ema=True)
     images = sample_images(eps_fn_for(model, 64), scheduler, 64, SamplerConfig("ddim", 20), batch_size=64,

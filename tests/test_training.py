@@ -22,32 +22,19 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from fault_injection import write_digits
 from PIL import Image
 
 import main as entry
-from training import trainer
+from common.checkpoint import FORMAT, build_model_from_checkpoint, export_weights, load_checkpoint
+from common.run_lock import RunLock
+from training import cli, trainer
 from training.batching import epoch_index_batches, epoch_permutation, steps_per_epoch
-from training.checkpoint import FORMAT, build_model_from_checkpoint, export_weights, load_checkpoint
 from training.config import TrainConfig
-from training.ema import EMA, ema_decay_at
-from training.metrics_log import MetricsLog, read_metrics
-from training.run_lock import RunLock, RunLockedError
-from training.visualization import _frame_order, frame_path
+from training.monitor import MetricsLog, _frame_order, frame_path, read_metrics
+from training.state import EMA, ema_decay_at
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def write_digits(root: Path, per_class: int, classes: int = 3) -> Path:
-    """``per_class`` noisy 28×28 bars per class folder: a bar at a class-specific height."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        folder = root / str(c)
-        folder.mkdir(parents=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 40, (28, 28))
-            pixels[4 + 6 * c: 10 + 6 * c, 4:24] += 215
-            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +198,7 @@ def test_tiny_run_writes_every_artefact(tmp_path, data48, monkeypatch, caplog):
     frame = np.asarray(Image.open(run / "viz" / viz[0]))
     assert frame.shape == (16 + 3 * (56 + 2) + 2, 40 + 4 * (56 + 2) + 2)  # title + 3 rows × 4 images of 56 px
     assert iio.imread(run / "viz" / "progress.gif", index=None).shape[0] == 3
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", "loss.png", "metrics.csv", "samples",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "loss.png", "metrics.csv", "samples",
                                                      "test_001.pth", "viz"]
     samples = np.load(run / "samples" / "samples.npz")["images"]
     assert samples.shape == (100, 28, 28) and samples.dtype == np.uint8  # --final-samples 100 by default
@@ -267,39 +254,44 @@ def test_dataloader_path_trains_exactly_like_batching_from_memory(tmp_path, data
 
 
 # ---------------------------------------------------------------------------------------------- failures
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, data48, monkeypatch, caplog):
-    real_loss, calls = trainer.l_simple, []
+def configs(run: Path, data: Path, *extra: str):
+    """(TrainConfig, UNetConfig, DiffusionConfig) as the command line ``argv(run, data, *extra)`` builds them."""
+    return cli.build_configs(entry.build_parser().parse_args(argv(run, data, *extra)))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, data48):
+    calls = []
 
     def loss_that_diverges_at_step_5(*args):
         calls.append(1)
-        loss = real_loss(*args)
+        loss = trainer.l_simple(*args)
         return loss * float("nan") if len(calls) == 5 else loss
 
-    monkeypatch.setattr(trainer, "l_simple", loss_that_diverges_at_step_5)
     run = tmp_path / "run"
-    rc = entry.main(argv(run, data48, "--ckpt-every", "2", "--num-epochs", "2"))
-    assert rc == 1
-    assert "loss is nan at step 5 (epoch 1)" in caplog.text
-    assert "last good checkpoint" in caplog.text and "(step 4)" in caplog.text
+    with pytest.raises(trainer.TrainingDiverged, match=r"loss is nan at step 5 \(epoch 1\); stopping\. the last "
+                                                       r"good checkpoint .* \(step 4\) is kept"):
+        trainer.train(*configs(run, data48, "--ckpt-every", "2", "--num-epochs", "2"),
+                      loss_fn=loss_that_diverges_at_step_5)
     assert load_checkpoint(run / "test_001.pth")["step"] == 4
-    assert not (run / ".lock").exists()
+    with RunLock(run):  # released
+        pass
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, data48, monkeypatch):
-    real_loss, calls = trainer.l_simple, []
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path, data48):
+    calls = []
 
     def loss_with_ctrl_c_at_step_3(*args):
         calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag; step 3 completes
-        return real_loss(*args)
+        return trainer.l_simple(*args)
 
-    monkeypatch.setattr(trainer, "l_simple", loss_with_ctrl_c_at_step_3)
     # A shell starting the suite in the background (nohup, CI) may have set SIGINT to SIG_IGN; the trainer
     # installs its own handler either way and must restore whatever was there.
     handler_before = signal.getsignal(signal.SIGINT)
     run = tmp_path / "run"
-    assert entry.main(argv(run, data48, "--num-epochs", "2")) == 130
+    result = trainer.train(*configs(run, data48, "--num-epochs", "2"), loss_fn=loss_with_ctrl_c_at_step_3)
+    assert result.stop_reason == "interrupted"
     ckpt = load_checkpoint(run / "test_001.pth")
     assert (ckpt["step"], ckpt["data_offset"]) == (3, 24)
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [3]
@@ -315,7 +307,7 @@ def test_max_minutes_stops_with_a_checkpoint(tmp_path, data48):
 def test_the_training_clock_survives_resume_and_drives_lr_and_max_minutes(tmp_path, data48):
     """--max-minutes is a budget for the whole run: the checkpoint keeps the clock, and after a resume the cosine lr
     continues from the saved clock's fraction of the budget (here half of it), not from zero."""
-    from training.checkpoint import save_checkpoint
+    from common.checkpoint import save_checkpoint
 
     run = tmp_path / "run"
     flags = ["--max-minutes", "1000", "--log-every", "1", "--num-epochs", "100"]
@@ -388,7 +380,7 @@ def test_a_new_run_never_replaces_a_checkpoint_without_resume_or_overwrite(tmp_p
 
 
 def test_export_refuses_to_write_over_its_input_or_a_training_checkpoint(tmp_path, short_run, caplog):
-    from training import export
+    import export_weights as export
 
     src = short_run / "test_001.pth"
     other = tmp_path / "other.pth"
@@ -405,21 +397,16 @@ def test_export_refuses_to_write_over_its_input_or_a_training_checkpoint(tmp_pat
     assert load_checkpoint(other).get("optimizer") is None
 
 
-def test_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, data48, caplog):
+def test_a_live_run_refuses_a_second_one_and_a_dead_runs_lock_is_no_obstacle(tmp_path, data48, caplog):
     run = tmp_path / "run"
-    run.mkdir()
-    (run / ".lock").write_text(f"{os.getppid()}\n")  # a live process that is not us
-    assert entry.main(argv(run, data48, "--max-steps", "1")) == 2
-    assert f"another training run (PID {os.getppid()})" in caplog.text
-    with pytest.raises(RunLockedError):
-        RunLock(run).acquire()
+    with RunLock(run):  # a live run holds the folder
+        assert entry.main(argv(run, data48, "--max-steps", "1")) == 2
+    assert f"in use by another training run (PID {os.getpid()})" in caplog.text
 
     dead = subprocess.Popen(["true"])
     dead.wait()
     (run / ".lock").write_text(f"{dead.pid}\n")
     assert entry.main(argv(run, data48, "--max-steps", "1")) == 0
-    assert "taking over the stale lock" in caplog.text
-    assert not (run / ".lock").exists()
 
 
 def test_conditional_flag_and_model_config_must_agree():

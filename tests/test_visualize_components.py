@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
+from common.checkpoint import FORMAT, save_checkpoint
 from models import UNet
-from training.checkpoint import FORMAT, save_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "visualize_components.py"

@@ -1,33 +1,9 @@
-"""Training a DDPM: the loop, its configuration, checkpoints, EMA, metrics and visualisation.
+"""Training a DDPM: the loop (:mod:`training.trainer`), its state (:mod:`training.state`), configuration, data
+order, data-parallel runtime and what a run records. Checkpoint I/O lives in :mod:`common.checkpoint`, shared with
+sampling and evaluation."""
 
-Other packages (sampling, evaluation) use the checkpoint API::
-
-    from training import build_model_from_checkpoint, load_checkpoint, export_weights, CheckpointError
-"""
-
-from training.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    build_model_from_checkpoint,
-    export_weights,
-    load_checkpoint,
-    save_checkpoint,
-)
 from training.config import TrainConfig
-from training.ema import EMA
-from training.trainer import TrainingDiverged, TrainResult, l_simple, train
+from training.state import EMA, TrainState
+from training.trainer import TrainingDiverged, TrainResult, l_simple, train, train_step
 
-__all__ = [
-    "EMA",
-    "FORMAT",
-    "CheckpointError",
-    "TrainConfig",
-    "TrainResult",
-    "TrainingDiverged",
-    "build_model_from_checkpoint",
-    "export_weights",
-    "l_simple",
-    "load_checkpoint",
-    "save_checkpoint",
-    "train",
-]
+__all__ = ["EMA", "TrainConfig", "TrainResult", "TrainState", "TrainingDiverged", "l_simple", "train", "train_step"]

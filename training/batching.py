@@ -12,7 +12,7 @@ Two ways to read a batch:
 * a ``DataLoader`` with a :class:`ResumableDistributedSampler` yielding the same indices, when
   ``num_workers > 0`` or the data is not cached (decoding PNGs in workers).
 
-With ``W`` ranks (:mod:`training.distributed`) each rank reads ``B`` images per step and a step consumes the
+With ``W`` ranks (:mod:`training.runtime`) each rank reads ``B`` images per step and a step consumes the
 global batch of ``W·B`` consecutive indices of the permutation: rank ``r`` takes indices ``r, r + W, r + 2W, …``
 of it (:func:`rank_slice`). That is ``DistributedSampler``'s rank assignment (it strides over the whole epoch,
 ``perm[r::W]``, which per global batch is the same thing), and the in-memory path shards identically. So the

@@ -8,7 +8,7 @@ through ``parser.error`` — before any data is read. Also defines the flags bot
 ``--task-name``, ``--seed``, ``--device``.
 
 Under ``torchrun`` every process runs this entry point; :func:`run` joins the process group before training
-and leaves it afterwards (:mod:`training.distributed`), and ranks other than 0 log warnings only.
+and leaves it afterwards (:mod:`training.runtime`), and ranks other than 0 log warnings only.
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 
 import torch
 
+from common import argtypes as types
+from common.device import resolve_device
+from common.run_lock import RunLockedError
 from dataset import DEFAULT_DATA_PATH
 from models import PRESETS, UNetConfig, preset_config
 from scheduler import DiffusionConfig
-from training import argtypes as types
 from training.config import DEVICES, LOSS_WEIGHTINGS, LR_SCHEDULES, PRECISIONS, TrainConfig
-from training.distributed import PeerSetupError, resolve_device, setup_distributed, teardown_distributed
-from training.performance import resolve_performance
-from training.run_lock import RunLockedError
-from training.trainer import TrainingDiverged, train
+from training.runtime import PeerSetupError, resolve_performance, setup_distributed, teardown_distributed
+from training.trainer import TrainingDiverged, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -217,8 +217,9 @@ def resume_path(args: argparse.Namespace, train_config: TrainConfig) -> Path | N
 
 
 # ---------------------------------------------------------------------------------------------- entry point
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Train as the flags say. Returns 0 (done), 1 (diverged), 2 (user error) or 130 (interrupted)."""
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, results: list[TrainResult] | None = None) -> int:
+    """Train as the flags say. Returns 0 (done), 1 (diverged), 2 (user error) or 130 (interrupted); a run that
+    trained appends its :class:`TrainResult` (with the trained state) to ``results`` if given."""
     try:
         train_config, model_config, diffusion_config = build_configs(args)
         device = resolve_device(train_config.device)
@@ -238,6 +239,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         root_logger.setLevel(logging.WARNING)
     try:
         result = train(train_config, model_config, diffusion_config, resume_from=resume_from, distributed=ctx)
+        if results is not None:
+            results.append(result)
     except TrainingDiverged as err:
         logger.error("training diverged: %s", err)
         return EXIT_DIVERGED

@@ -7,9 +7,9 @@ command line in one place (:func:`training.cli.build_configs`) and the trainer n
 The recipe is Algorithm 1 with AdamW, a linear LR warm-up followed by a cosine decay to zero at the end of
 the run (the end is ``max_steps``, ``num_epochs`` or ``max_minutes``, whichever comes first), the min-SNR-γ
 weighting of the ε-prediction loss, gradient clipping at 1.0 (the paper's) and a power-law EMA of the weights
-(:mod:`training.ema`). Why each default was
+(:mod:`training.state`). Why each default was
 chosen, with the measurements, is in ``benchmarks/RESULTS.md``. ``precision``, ``compile`` and
-``channels_last`` default to the fastest safe choice for the device (:mod:`training.performance`).
+``channels_last`` default to the fastest safe choice for the device (:mod:`training.runtime`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import numpy as np
 
 from dataset import DEFAULT_RAW_DIR, MNISTDataset, load_mnist_idx
 from dataset.idx import mnist_idx_paths
-from visualization.plotting import mosaic, new_figure, save_figure, tile_centres
+from sampling import make_grid
+from visualization.plotting import new_figure, save_figure, tile_centres
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,8 @@ def mnist_grid_figure(outdir: Path, preview: MNISTPreview) -> Path:
     rows, cols, h, w = preview.images.shape
     fig = new_figure(1.0 + 0.62 * cols, 0.9 + 0.62 * rows)
     ax = fig.add_subplot()
-    im = ax.imshow(mosaic(preview.images), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    grid = make_grid(preview.images.reshape(-1, h, w), rows, padding=1, pad_value=np.nan, border=False)
+    im = ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks(tile_centres(cols, w), [str(c) for c in range(cols)])
     ax.set_yticks(tile_centres(rows, h), preview.class_names)
     ax.tick_params(length=0)

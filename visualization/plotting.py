@@ -70,19 +70,9 @@ def symmetric_limit(*arrays: torch.Tensor | np.ndarray) -> float:
     return max(float(np.abs(to_numpy(a)).max()) for a in arrays) or 1.0
 
 
-def mosaic(tiles: np.ndarray, gap: int = 1) -> np.ndarray:
-    """``(R, C, H, W)`` tiles → one ``(R·(H+gap)−gap, C·(W+gap)−gap)`` image with NaN gaps between tiles
-    (NaN tiles stay empty): one ``imshow`` for a whole grid is clearer and much faster than R·C axes."""
-    rows, cols, h, w = tiles.shape
-    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan, dtype=np.float32)
-    for r in range(rows):
-        for c in range(cols):
-            out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = tiles[r, c]
-    return out
-
-
 def tile_centres(count: int, size: int, gap: int = 1) -> list[float]:
-    """Pixel coordinates of the centres of ``count`` tiles of ``size`` pixels in a :func:`mosaic`."""
+    """Pixel coordinates of the centres of ``count`` tiles of ``size`` pixels in a
+    :func:`sampling.images.make_grid` with ``padding=gap, border=False``."""
     return [i * (size + gap) + (size - 1) / 2 for i in range(count)]
 
 

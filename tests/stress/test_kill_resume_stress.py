@@ -9,15 +9,9 @@ Takes a few minutes, so it is marked ``stress`` and runs only when asked::
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the fault_injection package
-
-from fault_injection import write_digits  # noqa: E402
-from fault_injection.kills import kill_and_resume  # noqa: E402
+from fault_injection import write_digits
+from fault_injection.kills import kill_and_resume
 
 pytestmark = pytest.mark.stress
 KILLS = 12

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.checkpoint import CheckpointError, load_checkpoint
+from common.run_lock import LOCK_NAME
 from fault_injection import (
     CKPT_NAME,
     REPO,
@@ -23,9 +25,8 @@ from fault_injection import (
     train_argv,
     weights_max_abs_diff,
 )
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.metrics_log import read_metrics
-from training.run_lock import LOCK_NAME
+from fault_injection.locks import lock_is_free
+from training.monitor import read_metrics
 
 MODES = ("write", "training", "startup")
 
@@ -198,7 +199,7 @@ def kill_and_resume(work: Path, data: Path, kills: int, seed: int = 0, run_flags
         report.max_abs_diff = weights_max_abs_diff(a, b)
         losses = [[(r["step"], r["loss"]) for r in read_metrics(run / "metrics.csv")] for run in (straight, killed)]
         report.metrics_equal = losses[0] == losses[1]
-        leftovers = checkpoint_temp_files(killed) + [p.name for p in killed.glob(f"{LOCK_NAME}*")]
+        leftovers = checkpoint_temp_files(killed) + ([] if lock_is_free(killed) else [f"{LOCK_NAME} (still held)"])
         if leftovers:
             report.problems.append(f"left behind after the final run: {leftovers}")
     report.seconds = time.monotonic() - t0

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from test_checkpoint import make_state  # a tiny-UNet checkpoint state (T=50) after one AdamW step
 
-from fault_injection import CKPT_NAME, run_main, train_argv
+from common.checkpoint import CheckpointError, build_model_from_checkpoint
+from fault_injection import CKPT_NAME, make_state, run_main, train_argv
 from models import UNet, preset_config
-from training.checkpoint import CheckpointError, build_model_from_checkpoint
 
 CODE = r"refusing to load .* could execute code.*weights_only=True.*nothing in the file was run.*untrusted"
 REFUSED_UNSAFE = r"refused it without running anything|could execute code"

@@ -3,6 +3,7 @@ step — and the checkpoint on disk is the last good one: finite, and bit-identi
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from collections.abc import Callable
@@ -10,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+from common.checkpoint import load_checkpoint
 from dataset import MNISTDataset
 from fault_injection import CKPT_NAME, run_main, train_argv, weights_max_abs_diff
-from training import trainer
-from training.checkpoint import load_checkpoint
+from training import cli, trainer
 
 
 @dataclass
@@ -73,7 +74,8 @@ def check_divergence(work: Path, data: Path, kind: str, at_step: int, ckpt_every
         _clean_run(run, data, flags, resume_at)
         clean_dir(resume_at).mkdir(parents=True, exist_ok=True)
         shutil.copy(run / CKPT_NAME, clean_dir(resume_at) / CKPT_NAME)
-    with mock.patch.object(trainer, "l_simple", _poisoned_loss(kind, at_step - resume_at)):
+    poisoned_train = functools.partial(trainer.train, loss_fn=_poisoned_loss(kind, at_step - resume_at))
+    with mock.patch.object(cli, "train", poisoned_train):  # the command line's train, with a poisoned loss
         rc, log = run_main(train_argv(run, data, *flags, *(["--resume"] if resume_at else [])))
 
     steps_per_epoch = len(MNISTDataset.from_folder(data)) // 8

@@ -28,13 +28,11 @@ Every load in the repository goes through :func:`load_checkpoint`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
-import re
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +55,7 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- writing
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically: temp file in the same folder, write, flush, fsync, rename.
+    """Write ``state`` to ``path`` atomically: a temp file beside it, fsync, then ``os.replace``.
 
     On any exception (including KeyboardInterrupt) the temp file is removed and an existing checkpoint at
     ``path`` is untouched. OSErrors (a full disk, a read-only folder) are re-raised as OSError naming ``path``;
@@ -71,43 +69,26 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             raise CheckpointError(f"refusing to write checkpoint {path} at step {state.get('step')}: {key} weights "
                                   f"hold NaN/inf values ({_names(bad)}); the training diverged. The previous "
                                   "checkpoint is kept")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}") from err
-    try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600 files; a checkpoint is a normal file
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # 0666 less the umask, like any new file
         with os.fdopen(fd, "wb") as f:
+            if path.exists():
+                os.chmod(f.fileno(), path.stat().st_mode & 0o777)  # replacing a checkpoint keeps its mode
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp_name, path)
+        os.replace(tmp, path)
     except BaseException as err:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
+        with contextlib.suppress(OSError):
+            tmp.unlink()
         if isinstance(err, OSError):
             raise OSError(err.errno, f"could not write checkpoint {path}: {err.strerror or err}") from err
         if isinstance(err, Exception):
             raise CheckpointError(f"could not write checkpoint {path}: {type(err).__name__}: {err}") from err
         raise
     _fsync_dir(path.parent)
-
-
-def _file_mode(path: Path) -> int:
-    """The mode of the checkpoint being replaced, else what ``open()`` would create (0666 minus the umask)."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        pass
-    try:
-        with open("/proc/self/status") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        umask = 0o022
-    return 0o666 & ~umask
 
 
 def _non_finite_keys(state_dict: Any) -> list[str]:
@@ -171,31 +152,21 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it better
             warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused_global = re.search(r"GLOBAL (\S+)", str(err))
-        if refused_global:
+    except pickle.UnpicklingError as err:  # the safe loader refused the file before running anything in it
+        if "GLOBAL" in str(err):
             raise CheckpointError(
-                f"refusing to load {path}: it holds a Python object ({refused_global.group(1)}) besides tensors "
-                "and plain containers, and unpickling it could execute code. The safe loader "
-                "(torch.load with weights_only=True) refused it, so nothing in the file was run. Checkpoints of "
-                "this repository never hold such objects: treat the file as untrusted, load only files you trust, "
-                "and re-save them with training.checkpoint.save_checkpoint"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a PyTorch file "
-            "of tensors and plain containers; the safe loader (weights_only=True) refused it without running "
-            f"anything ({detail.group(1).strip() if detail else 'refused'})"
-        ) from None
-    except (PermissionError, IsADirectoryError) as err:
+                f"refusing to load {path}: it holds a Python object besides tensors and unpickling it could execute "
+                "code; the safe loader (weights_only=True) refused it, so nothing in the file was run. Treat the file "
+                "as untrusted") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a "
+                              "PyTorch file of tensors; the safe loader (weights_only=True) refused it without running "
+                              "anything") from None
+    except PermissionError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError,
-            TypeError, IndexError, KeyError, UnicodeDecodeError) as err:
+    except Exception as err:  # torch.load on a damaged file raises many kinds of error
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a "
-            f"PyTorch file ({type(err).__name__}: {first})"
-        ) from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a "
+                              f"PyTorch file ({type(err).__name__}: {first})") from None
     check_checkpoint(ckpt, path)
     return ckpt
 

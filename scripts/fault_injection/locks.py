@@ -1,7 +1,7 @@
-"""Promise 7, the parts a training run cannot show: a process SIGKILLed at each point of taking the lock never
-blocks the next run (the lock is never left empty), and runs started at the same instant over a stale lock
-elect exactly one owner. (A live run refusing a second one, and stale take-over after SIGKILL, are exercised
-by :mod:`fault_injection.kills`.)"""
+"""Promise 7, the parts a training run cannot show: a process SIGKILLed while taking or holding the lock never
+blocks the next run (the kernel drops a dead process's flock), and runs started at the same instant elect exactly
+one owner. (A live run refusing a second one, and a run after a SIGKILLed one, are exercised by
+:mod:`fault_injection.kills`.)"""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from training import run_lock
-from training.run_lock import LOCK_NAME, RunLock, RunLockedError
+from common import run_lock
+from common.run_lock import LOCK_NAME, RunLock, RunLockedError
 
 
 @dataclass
@@ -28,47 +28,42 @@ def _die(*args, **kwargs) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _open_then_die(path, mode="r", *args, **kwargs):
-    """``open`` that SIGKILLs the process right after creating a file for writing (before anything is in it)."""
-    f = open(path, mode, *args, **kwargs)
-    if "w" in mode:
-        _die()
-    return f
+def lock_is_free(folder: Path) -> bool:
+    """True if a new run could take ``folder``'s lock now."""
+    try:
+        with RunLock(folder):
+            return True
+    except RunLockedError:
+        return False
 
 
 def check_kill_during_lock_creation(work: Path) -> list[LockOutcome]:
-    """A process SIGKILLed at each point of taking the lock must not block the next run (no empty lock)."""
+    """A process SIGKILLed at each point of taking the lock, or while holding it, must not block the next run."""
     outcomes = []
-    for point in ("fsync", "link", "write"):
+    for point in ("ftruncate", "write", "holding"):
         folder = work / f"lock_kill_{point}"
         folder.mkdir(parents=True)
         pid = os.fork()
-        if pid == 0:  # the child: dies inside RunLock.acquire
+        if pid == 0:  # the child: dies inside RunLock.acquire, or right after it
             try:
-                if point == "write":
-                    run_lock.open = _open_then_die  # a module global shadows the builtin
-                else:
-                    setattr(run_lock.os, point, _die)  # this child's os.fsync / os.link
+                if point != "holding":
+                    setattr(run_lock.os, point, _die)  # this child's os.ftruncate / os.write
                 RunLock(folder).acquire()
+                _die()
             finally:
                 os._exit(3)  # not reached when the kill landed
         _, status = os.waitpid(pid, 0)
         died = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        try:
-            lock = RunLock(folder)
-            lock.acquire()
-            lock.release()
-            ok, detail = died, "taken at once" if died else f"the child was not killed (status {status})"
-        except RunLockedError as err:
-            ok, detail = False, str(err)
-        leftovers = sorted(os.listdir(folder))
-        outcomes.append(LockOutcome(f"killed at {point} while taking the lock: next run proceeds",
-                                    ok and not leftovers, detail + (f"; left {leftovers}" if leftovers else "")))
+        free = lock_is_free(folder)
+        detail = "taken at once" if free else "still locked"
+        outcomes.append(LockOutcome(f"killed at {point} while taking the lock: next run proceeds", died and free,
+                                    detail if died else f"the child was not killed (status {status})"))
     return outcomes
 
 
 def check_lock_race(work: Path, contenders: int = 4, trials: int = 8) -> LockOutcome:
-    """``contenders`` processes take the lock at the same instant, over a stale lock: exactly one wins."""
+    """``contenders`` processes take the lock at the same instant, over a dead run's lock file: exactly one
+    wins."""
     ctx = mp.get_context("fork")
     bad_trials = []
     for trial in range(trials):

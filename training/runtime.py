@@ -1,56 +1,47 @@
-"""Multi-process data-parallel training with PyTorch's own engine: ``torch.distributed`` and
-:class:`~torch.nn.parallel.DistributedDataParallel`, launched by ``torchrun``.
+"""Where and how the training step runs: the data-parallel context (torchrun + DistributedDataParallel) and the
+precision / ``torch.compile`` / channels_last choices.
+
+Data parallel, launched by ``torchrun`` (it passes ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+``MASTER_PORT``; :func:`setup_distributed` reads them, binds the rank to ``cuda:LOCAL_RANK`` with NCCL or to the CPU
+with Gloo, and joins the group; without ``WORLD_SIZE`` nothing distributed happens):
 
     torchrun --standalone --nproc_per_node=4 main.py --train-ddpm-model --batch-size 32 ...   # one machine
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=host0:29500 \\
-        --rdzv_id=mnist main.py --train-ddpm-model ...                      # the same command on each node
 
-torchrun starts one process per rank and passes ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
-``MASTER_PORT`` in the environment; :func:`setup_distributed` reads them, binds the rank to its device
-(``cuda:LOCAL_RANK`` with NCCL, or the CPU with Gloo) and joins the process group. Without ``WORLD_SIZE`` (or
-with ``WORLD_SIZE=1``) it returns a single-process context and nothing distributed happens.
+* ``--batch-size`` is per rank; rank r takes rows ``r, r + W, …`` of each global batch
+  (:func:`training.batching.rank_slice`), and t, ε and label drops are drawn for the *global* batch on every rank
+  and sliced alike. DDP averages gradients over ranks, so W ranks × batch B train like one process × batch W·B
+  (up to float summation order), and checkpoints resume under any W with the same global batch.
+* Only rank 0 takes the run lock and writes files; every rank reads the checkpoint on ``--resume``.
+* One all-reduce per step (:meth:`DistContext.reduce_step`) gives every rank the global mean loss and whether any
+  rank must stop (Ctrl-C/SIGTERM, ``--max-minutes``), so all ranks stop after the same step.
+* If setup fails on one rank, :meth:`DistContext.agree` makes the others fail too (:class:`PeerSetupError`)
+  instead of waiting forever in the first collective.
 
-What the trainer does with the context (see :mod:`training.trainer`):
-
-* ``--batch-size`` is per rank; a step trains on the global batch ``batch_size × world_size``. Rank r takes
-  the images ``r, r + W, r + 2W, …`` of each global batch (:func:`training.batching.rank_slice`, the rank
-  assignment of ``DistributedSampler``), and the t, ε and label-dropping draws of the *global* batch are made
-  on every rank from the shared noise generator and sliced the same way. DDP averages the gradients over
-  ranks, i.e. over the global batch — so W ranks × batch B train exactly like 1 process × batch W·B (up to
-  float summation order).
-* Every rank builds the model from the same seed; DDP also broadcasts rank 0's weights at the start and keeps
-  them identical after every step, so each rank's EMA, updated identically, stays identical too.
-* Only rank 0 takes the run lock and writes: checkpoints, config.json, metrics.csv, loss.png, frames and the
-  GIF. Every rank reads the checkpoint on ``--resume``.
-* Per step, one all-reduce of a few numbers (:meth:`DistContext.reduce_step`) gives every rank the global
-  mean loss and whether any rank was asked to stop (Ctrl-C/SIGTERM) or ran out of ``--max-minutes`` — so
-  all ranks log the same loss, stop after the same step, and a NaN on one rank stops all of them.
-* If setup (lock, checkpoint, data) fails on one rank, :meth:`DistContext.agree` makes the others fail too
-  (:class:`PeerSetupError`) instead of waiting forever for it in the first collective. On first use, the
-  MNIST PNG tree is built by local rank 0 of each machine before the other ranks read it.
+Performance choices are ``auto`` by default and resolved once per run by :func:`resolve_performance` (logged and
+written to ``config.json``): on CUDA bf16 autocast where the GPU has native bf16, ``torch.compile`` where Triton
+runs, channels_last; on the CPU fp32, no compile (it never pays for itself there) and channels_last (oneDNN's NHWC
+kernels are the fast ones; benchmarks/RESULTS.md has the figures). Autocast changes only the UNet's matmuls and
+convolutions; the schedule arithmetic and the loss stay fp32. fp16 needs a :class:`torch.amp.GradScaler`; it is
+created for every run and passes through unless fp16.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from common.device import resolve_device
+from training.config import PRECISIONS
+
 
 class PeerSetupError(RuntimeError):
     """Another rank failed while setting up the run; its log says why."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → ``cuda`` if available, else ``cpu``; ``cuda`` without CUDA is a ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
 
 
 @dataclass(frozen=True)
@@ -168,3 +159,73 @@ def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
+
+
+# ---------------------------------------------------------------------------------------------- performance
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Performance:
+    """The resolved choices: ``precision`` in ``fp32``/``bf16``/``fp16``, ``compile``, ``channels_last``."""
+
+    precision: str
+    compile: bool
+    channels_last: bool
+
+    def __post_init__(self) -> None:
+        if self.precision not in _DTYPES:
+            raise ValueError(f"precision must be one of {tuple(_DTYPES)} once resolved, got {self.precision!r}")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype, or ``None`` for plain fp32."""
+        return None if self.precision == "fp32" else _DTYPES[self.precision]
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """``torch.autocast`` for the forward pass (a no-op context for fp32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        """Dynamic loss scaling for fp16; disabled (``scale``/``step``/``update`` pass through) otherwise."""
+        return torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_performance(precision: str, compile: bool | None, channels_last: bool | None,
+                        device: torch.device) -> Performance:
+    """Turn ``auto``/``None`` into the default for ``device`` and check explicit choices against it.
+
+    Raises:
+        ValueError: an unknown precision, bf16 on a GPU without bf16 support, or ``compile`` requested on
+            CUDA without Triton.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    cuda = device.type == "cuda"
+    if precision == "auto":  # native bf16 only: emulated bf16 (pre-Ampere) is slower than fp32
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                         "use --precision fp16 (with loss scaling) or fp32")
+    if compile is None:
+        compile = cuda and _triton_usable(device)
+    elif compile and cuda and not _triton_usable(device):
+        raise ValueError("--compile on CUDA needs Triton and a GPU of compute capability >= 7.0; "
+                         "pass --no-compile")
+    if channels_last is None:
+        channels_last = True
+    return Performance(precision, bool(compile), bool(channels_last))
+
+
+def _triton_usable(device: torch.device) -> bool:
+    return importlib.util.find_spec("triton") is not None and torch.cuda.get_device_capability(device) >= (7, 0)
+
+
+def to_memory_format(x: torch.Tensor, perf: Performance) -> torch.Tensor:
+    """A 4-D batch in the layout the model runs in (a no-op when it is already laid out so)."""
+    return x.contiguous(memory_format=torch.channels_last) if perf.channels_last else x

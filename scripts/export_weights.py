@@ -1,6 +1,6 @@
 """Write the slim, sampling-only copy of a training checkpoint (EMA weights, no optimizer or RNG state).
 
-    python -m training.export runs/mnist_ddpm/test_001.pth checkpoints/mnist_small.pth
+    python scripts/export_weights.py runs/mnist_ddpm/test_001.pth checkpoints/mnist_small.pth
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import os
 import sys
 from pathlib import Path
 
-from training.checkpoint import CheckpointError, export_weights, load_checkpoint
+from common.checkpoint import CheckpointError, export_weights, load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python scripts/export_weights.py", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a training checkpoint, e.g. runs/mnist_ddpm/test_001.pth")
     parser.add_argument("out", help="where to write the slim checkpoint, e.g. checkpoints/mnist_small.pth")
     parser.add_argument("--force", action="store_true",

@@ -1,7 +1,7 @@
 """Promise 2: a checkpoint write that fails — the disk fills up half-way, fsync reports an I/O error, the rename
 or the temp file is refused — never costs the previous checkpoint, and the error names the file and the cause.
 
-The failures are real ``OSError``s raised from inside ``training.checkpoint`` (patched from outside)."""
+The failures are real ``OSError``s raised from inside ``common.checkpoint`` (patched from outside)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
-from test_checkpoint import make_state  # a tiny-UNet checkpoint state after one AdamW step
-
-from fault_injection import CKPT_NAME, checkpoint_temp_files, run_main, train_argv
-from training import checkpoint as ckpt_mod
+from common import checkpoint as ckpt_mod
+from common.checkpoint import CheckpointError, load_checkpoint
+from fault_injection import CKPT_NAME, checkpoint_temp_files, make_state, run_main, train_argv
+from fault_injection.locks import lock_is_free
 from training import trainer
-from training.checkpoint import CheckpointError, load_checkpoint
-from training.run_lock import LOCK_NAME
 
 
 @dataclass
@@ -46,11 +44,11 @@ def _half_then_disk_full(real_save: Callable) -> Callable:
 
 
 WRITE_FAILURES: dict[str, tuple[str, Callable, str]] = {
-    # name: (what inside training.checkpoint fails, replacement factory(original), the cause the message names)
+    # name: (what inside common.checkpoint fails, replacement factory(original), the cause the message names)
     "disk full mid-write": ("torch.save", _half_then_disk_full, "No space left on device"),
     "I/O error at fsync": ("os.fsync", lambda real: _raiser(errno.EIO, "Input/output error"), "Input/output error"),
     "rename refused": ("os.replace", lambda real: _raiser(errno.EACCES, "Permission denied"), "Permission denied"),
-    "no space for the temp file": ("tempfile.mkstemp", lambda real: _raiser(errno.ENOSPC, "No space left on device"),
+    "no space for the temp file": ("os.open", lambda real: _raiser(errno.ENOSPC, "No space left on device"),
                                    "No space left on device"),
 }
 
@@ -63,7 +61,7 @@ def _raiser(code: int, text: str) -> Callable:
 
 @contextlib.contextmanager
 def failing_write(name: str, after: int = 0) -> Iterator[None]:
-    """Patch training.checkpoint so that save_checkpoint calls after the first ``after`` ones fail as ``name``."""
+    """Patch common.checkpoint so that save_checkpoint calls after the first ``after`` ones fail as ``name``."""
     target, factory, _ = WRITE_FAILURES[name]
     module_name, attr = target.split(".")
     module = getattr(ckpt_mod, module_name)
@@ -115,7 +113,7 @@ def check_disk_full_during_training(work: Path, data: Path, fail_at_save: int = 
     message = crashed or log
     reported = not crashed and rc not in (0, None) and "No space left on device" in log and CKPT_NAME in log
     return WriteFailure("disk full during training", kept, reported,
-                        not checkpoint_temp_files(run) and not (run / LOCK_NAME).exists(),
+                        not checkpoint_temp_files(run) and lock_is_free(run),
                         message.splitlines()[-1] if message else f"rc {rc}")
 
 
