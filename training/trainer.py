@@ -172,73 +172,25 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         PeerSetupError: (data-parallel) another rank failed before training; its log says why.
     """
     ctx = distributed if distributed is not None else DistContext(device=resolve_device(config.device))
-    perf = resolve_performance(config.precision, config.compile, config.channels_last, ctx.device)
-    with contextlib.ExitStack() as cleanup:
-        # ------------------------------------------------------------ setup: lock, checkpoint, data, state
-        try:
-            if ctx.is_main:  # the one process that writes
-                cleanup.enter_context(RunLock(config.run_dir))
-                _refuse_to_replace(config.ckpt_path, resume_from, config.overwrite)
-                remove_stale_temp_files(config.ckpt_path)
-            ckpt = None
-            if resume_from is not None:  # read first: a bad checkpoint fails before the data is loaded
-                ckpt = load_checkpoint(resume_from)  # every rank, to the CPU (RNG states must stay CPU tensors)
-                check_resumable(ckpt, str(resume_from), config, model_config, diffusion_config, ctx.world_size)
-            if dataset is None:
-                dataset = load_training_set(config.data_path, config.extensions, config.channels, config.image_size,
-                                            config.cache, config.skip_bad)
-            model_config = _fit_model_to_data(model_config, dataset, config, ckpt)
-            batches = BatchSource(dataset, config.batch_size, config.seed, ctx.device,
-                                  config.num_workers == 0 and hasattr(dataset, "as_tensors") and config.cache,
-                                  config.num_workers, ctx.rank, ctx.world_size)
-            state = TrainState.create(config, model_config, ctx.device, perf)
-            if ckpt is not None:
-                state.load_state_dict(ckpt, str(resume_from))
-                _log_resume(ckpt, resume_from, state, batches)
-            scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=ctx.device)
-            monitor = Monitor(config, ctx.is_main, state.step if ckpt is not None else None,
-                              batches.steps_per_epoch, _visualizer(config, ctx, scheduler, batches, diffusion_config))
-            cleanup.callback(monitor.close)
-            ctx.agree()  # every rank got here: raises PeerSetupError if another failed
-        except Exception as err:
-            if not isinstance(err, PeerSetupError):
-                ctx.all_ok(False)  # this rank failed in setup: the others, waiting in ctx.agree(), fail too
-            raise
-        header = {"format": FORMAT, "model_config": model_config.to_dict(), "diffusion_config":
-                  diffusion_config.to_dict(), "train_config": config.to_dict(), "num_samples": batches.num_samples,
-                  "world_size": ctx.world_size, "class_names": [str(c) for c in getattr(dataset, "classes", [])]
-                  or None}
-        if ctx.is_main:
-            write_config_json(config.run_dir / "config.json", _resolved_config(config, header, ctx, perf, state,
-                                                                               resume_from))
-        forward = state.model  # computes ε_θ in the step; the state, EMA and optimizer stay with the model itself
-        if ctx.enabled:  # broadcasts rank 0's weights, then averages gradients in backward
-            forward = DistributedDataParallel(forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
-                                              else None)
-        step_ctx = StepContext(scheduler, torch.compile(forward) if perf.compile else forward, perf, ctx.rank,
-                               ctx.world_size, config.grad_clip, config.cond_drop if config.conditional else None,
-                               config.min_snr_gamma if config.loss_weighting == "min-snr" else None, loss_fn)
+    with contextlib.ExitStack() as cleanup:  # releases the run lock and closes the monitor however train() ends
+        run = _set_up(config, model_config, diffusion_config, resume_from, dataset, ctx, loss_fn, cleanup)
+        state, batches, monitor = run.state, run.batches, run.monitor
         end_offset = epoch_end_offset(batches.num_samples, batches.global_batch_size)
         total_steps = config.num_epochs * batches.steps_per_epoch
         last_step = min(total_steps, config.max_steps or total_steps)
         max_seconds = 60 * config.max_minutes if config.max_minutes is not None else math.inf
         logger.info("training %s on %s: %d images, %d steps/epoch, until step %d; run folder %s", config.model,
                     ctx.device, batches.num_samples, batches.steps_per_epoch, last_step, config.run_dir)
-        logger.info("device %s, world size %d, batch %d per rank × %d = %d global, precision %s, compile %s, "
-                    "channels_last %s, %d CPU thread(s) per rank", ctx.device, ctx.world_size, config.batch_size,
-                    ctx.world_size, batches.global_batch_size, perf.precision, perf.compile, perf.channels_last,
-                    torch.get_num_threads())
 
         def save(reason: str) -> int:
             if ctx.is_main:
-                save_checkpoint(config.ckpt_path, {**header, **state.state_dict()})
+                save_checkpoint(config.ckpt_path, {**run.header, **state.state_dict()})
                 monitor.saved()
                 logger.info("checkpoint %s at step %d (%s)", config.ckpt_path, state.step, reason)
             return state.step
 
         # ------------------------------------------------------------ Algorithm 1
-        last_saved = state.step if ckpt is not None else None
-        del ckpt
+        last_saved = state.step if run.resumed else None
         stop_reason = _end_reached(state, last_step, total_steps, config.num_epochs, state.clock > max_seconds)
         t0, clock0, lr = time.perf_counter(), state.clock, math.nan
         state.model.train()
@@ -248,7 +200,7 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                     monitor.start_epoch(state, batches.global_batch_size)
                     for x0, labels in batches(state.epoch, state.offset):
                         lr = lr_at(state.step, run_progress(state.step, last_step, state.clock, max_seconds), config)
-                        loss, grad_norm = train_step(state, x0, labels, lr, step_ctx)
+                        loss, grad_norm = train_step(state, x0, labels, lr, run.step_ctx)
                         state.clock = clock0 + time.perf_counter() - t0
                         # one all-reduce: the global mean loss, and whether any rank must stop after this step
                         loss_value, (interrupted, out_of_time) = ctx.reduce_step(loss, stop.requested,
@@ -284,8 +236,8 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
             if config.viz_save:
                 assemble_gif(config.run_dir / "viz")
             if config.final_samples and stop_reason != "interrupted":
-                grid = draw_final_samples(state.ema.model, scheduler, config.final_samples, model_config,
-                                          config.run_dir / "samples", config.seed, ctx.device)
+                grid = draw_final_samples(state.ema.model, run.step_ctx.scheduler, config.final_samples,
+                                          state.model.config, config.run_dir / "samples", config.seed, ctx.device)
                 if monitor.tb is not None:
                     monitor.tb.image("samples", grid, state.step)
         ctx.barrier()  # return once rank 0's files are complete, e.g. for a resume in the same program
@@ -294,6 +246,73 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         if ctx.is_main:
             log_where_things_are(config, grid)
         return TrainResult(state.step, state.epoch, monitor.last_loss, stop_reason, config.ckpt_path, state)
+
+
+@dataclass
+class _Run:
+    """What :func:`_set_up` hands the loop."""
+
+    state: TrainState
+    batches: BatchSource
+    monitor: Monitor
+    step_ctx: StepContext
+    header: dict  # the checkpoint's keys besides the state: format, configs, data size, world size, class names
+    resumed: bool
+
+
+def _set_up(config: TrainConfig, model_config: UNetConfig, diffusion_config: DiffusionConfig,
+            resume_from: str | Path | None, dataset, ctx: DistContext, loss_fn: Callable,
+            cleanup: contextlib.ExitStack) -> _Run:
+    """Lock the run folder, read the checkpoint to resume and the data, build the state, and agree with the other
+    ranks that all of this worked; user errors raise here, before any training."""
+    perf = resolve_performance(config.precision, config.compile, config.channels_last, ctx.device)
+    try:
+        if ctx.is_main:  # the one process that writes
+            cleanup.enter_context(RunLock(config.run_dir))
+            _refuse_to_replace(config.ckpt_path, resume_from, config.overwrite)
+            remove_stale_temp_files(config.ckpt_path)
+        ckpt = None
+        if resume_from is not None:  # read first: a bad checkpoint fails before the data is loaded
+            ckpt = load_checkpoint(resume_from)  # every rank, to the CPU (RNG states must stay CPU tensors)
+            check_resumable(ckpt, str(resume_from), config, model_config, diffusion_config, ctx.world_size)
+        if dataset is None:
+            dataset = load_training_set(config.data_path, config.extensions, config.channels, config.image_size,
+                                        config.cache, config.skip_bad)
+        model_config = _fit_model_to_data(model_config, dataset, config, ckpt)
+        batches = BatchSource(dataset, config.batch_size, config.seed, ctx.device,
+                              config.num_workers == 0 and hasattr(dataset, "as_tensors") and config.cache,
+                              config.num_workers, ctx.rank, ctx.world_size)
+        state = TrainState.create(config, model_config, ctx.device, perf)
+        if ckpt is not None:
+            state.load_state_dict(ckpt, str(resume_from))
+            _log_resume(ckpt, resume_from, state, batches)
+        scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=ctx.device)
+        monitor = Monitor(config, ctx.is_main, state.step if ckpt is not None else None, batches.steps_per_epoch,
+                          _visualizer(config, ctx, scheduler, batches, diffusion_config))
+        cleanup.callback(monitor.close)
+        ctx.agree()  # every rank got here: raises PeerSetupError if another failed
+    except Exception as err:
+        if not isinstance(err, PeerSetupError):
+            ctx.all_ok(False)  # this rank failed in setup: the others, waiting in ctx.agree(), fail too
+        raise
+    header = {"format": FORMAT, "model_config": model_config.to_dict(), "diffusion_config": diffusion_config.to_dict(),
+              "train_config": config.to_dict(), "num_samples": batches.num_samples, "world_size": ctx.world_size,
+              "class_names": [str(c) for c in getattr(dataset, "classes", [])] or None}
+    if ctx.is_main:
+        write_config_json(config.run_dir / "config.json",
+                          _resolved_config(config, header, ctx, perf, state, resume_from))
+    logger.info("device %s, world size %d, batch %d per rank × %d = %d global, precision %s, compile %s, "
+                "channels_last %s, %d CPU thread(s) per rank", ctx.device, ctx.world_size, config.batch_size,
+                ctx.world_size, batches.global_batch_size, perf.precision, perf.compile, perf.channels_last,
+                torch.get_num_threads())
+    forward = state.model  # computes ε_θ in the step; the state, EMA and optimizer stay with the model itself
+    if ctx.enabled:  # broadcasts rank 0's weights, then averages gradients in backward
+        forward = DistributedDataParallel(forward, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                          else None)
+    step_ctx = StepContext(scheduler, torch.compile(forward) if perf.compile else forward, perf, ctx.rank,
+                           ctx.world_size, config.grad_clip, config.cond_drop if config.conditional else None,
+                           config.min_snr_gamma if config.loss_weighting == "min-snr" else None, loss_fn)
+    return _Run(state, batches, monitor, step_ctx, header, ckpt is not None)
 
 
 def _end_reached(state: TrainState, last_step: int, total_steps: int, num_epochs: int, out_of_time: bool,
