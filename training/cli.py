@@ -49,39 +49,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=_DEFAULTS.model, choices=sorted(PRESETS),
                    help="UNet preset: tiny (tests), small (CPU), base (GPU)")
     g.add_argument("--batch-size", type=types.positive_int, default=_DEFAULTS.batch_size, help="images per step")
-    g.add_argument("--num-epochs", type=types.positive_int, default=_DEFAULTS.num_epochs, help="passes over the data")
-    g.add_argument("--lr", type=types.learning_rate, default=_DEFAULTS.lr,
+    g.add_argument("--num-epochs", type=int, default=_DEFAULTS.num_epochs, help="passes over the data")
+    g.add_argument("--lr", type=float, default=_DEFAULTS.lr,
                    help="peak AdamW learning rate (after the linear warm-up)")
     g.add_argument("--lr-schedule", default=_DEFAULTS.lr_schedule, choices=LR_SCHEDULES,
                    help="cosine: decay the lr to 0 at the end of the run (--max-steps, --num-epochs or --max-minutes, "
                         "whichever ends it first); constant: keep the peak")
-    g.add_argument("--warmup-steps", type=types.non_negative_int, default=_DEFAULTS.warmup_steps,
+    g.add_argument("--warmup-steps", type=int, default=_DEFAULTS.warmup_steps,
                    help="linear learning-rate warm-up steps")
-    g.add_argument("--weight-decay", type=types.non_negative_float, default=_DEFAULTS.weight_decay,
+    g.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
                    help="AdamW decoupled weight decay")
-    g.add_argument("--ema-decay", type=types.probability, default=_DEFAULTS.ema_decay,
+    g.add_argument("--ema-decay", type=float, default=_DEFAULTS.ema_decay,
                    help="cap on the decay of the power-law EMA of the weights used for sampling, "
                         "d_t = min(decay, (1 - 1/t)^(gamma+1))")
-    g.add_argument("--ema-gamma", type=types.ema_gamma, default=_DEFAULTS.ema_gamma,
+    g.add_argument("--ema-gamma", type=float, default=_DEFAULTS.ema_gamma,
                    help="gamma of the power-law EMA: 6.94 averages about the last 10%% of the run so far")
     g.add_argument("--loss-weighting", default=_DEFAULTS.loss_weighting, choices=LOSS_WEIGHTINGS,
                    help="min-snr: weight each t by min(SNR_t, gamma)/SNR_t (Hang et al. 2023), still predicting "
                         "the noise; uniform: the paper's L_simple")
-    g.add_argument("--min-snr-gamma", type=types.snr_gamma, default=_DEFAULTS.min_snr_gamma,
+    g.add_argument("--min-snr-gamma", type=float, default=_DEFAULTS.min_snr_gamma,
                    help="gamma of --loss-weighting min-snr")
-    g.add_argument("--grad-clip", type=types.non_negative_float, default=_DEFAULTS.grad_clip,
+    g.add_argument("--grad-clip", type=float, default=_DEFAULTS.grad_clip,
                    help="clip the global gradient norm to this value; 0 disables clipping")
-    g.add_argument("--num-timesteps", type=types.num_timesteps, default=_DIFFUSION.num_timesteps,
+    g.add_argument("--num-timesteps", type=int, default=_DIFFUSION.num_timesteps,
                    help="T, the number of diffusion steps")
-    g.add_argument("--beta-start", type=types.unit_interval, default=_DIFFUSION.beta_start,
+    g.add_argument("--beta-start", type=float, default=_DIFFUSION.beta_start,
                    help="β_1 of the linear schedule")
-    g.add_argument("--beta-end", type=types.unit_interval, default=_DIFFUSION.beta_end,
+    g.add_argument("--beta-end", type=float, default=_DIFFUSION.beta_end,
                    help="β_T of the linear schedule")
     g.add_argument("--seed", type=types.seed, default=_DEFAULTS.seed,
                    help="seeds model init, data order and noise; the same seed reproduces a run exactly")
     g.add_argument("--device", default=_DEFAULTS.device, choices=DEVICES,
                    help="auto: cuda if available, else cpu")
-    g.add_argument("--num-workers", type=types.workers, default=_DEFAULTS.num_workers,
+    g.add_argument("--num-workers", type=int, default=_DEFAULTS.num_workers,
                    help="DataLoader workers; 0 batches straight from the images cached in memory (fastest on CPU)")
     g.add_argument("--num-threads", type=types.workers, default=_DEFAULTS.num_threads,
                    help="torch CPU threads; 0 keeps torch's default (all cores). On a machine shared with other "
@@ -91,22 +91,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable, corrupt or odd-sized image files (each is named in a warning) instead of "
                         "stopping at the first")
-    g.add_argument("--image-size", type=types.positive_int, default=None, metavar="N",
+    g.add_argument("--image-size", type=int, default=None, metavar="N",
                    help="resize every image to N×N; default: the data's own size (MNIST: 28), which the model "
                         "records and sampling draws")
     g.add_argument("--channels", type=int, choices=(1, 3), default=_DEFAULTS.channels,
                    help="convert images to 1 (grayscale) or 3 (RGB) channels")
     g.add_argument("--extensions", type=types.extension_list, default=_DEFAULTS.extensions, metavar=".png,.jpg",
                    help="image file extensions to read from the class folders (comma-separated)")
-    g.add_argument("--final-samples", type=types.non_negative_int, default=_DEFAULTS.final_samples, metavar="N",
+    g.add_argument("--final-samples", type=int, default=_DEFAULTS.final_samples, metavar="N",
                    help="at the end of the run the EMA model draws N samples into task-name/samples/ "
                         "(grid.png, samples.npz) with the default sampler; 0 turns it off")
     g.add_argument("--tensorboard", action="store_true",
                    help="write loss, lr, images/s, grad-norm and image grids for TensorBoard to task-name/tb/ "
                         "(pip install -r requirements/tensorboard.txt; view with tensorboard --logdir task-name/tb)")
-    g.add_argument("--max-steps", type=types.positive_int, default=None,
+    g.add_argument("--max-steps", type=int, default=None,
                    help="stop (with a checkpoint) once this many steps are done in total, e.g. for smoke runs")
-    g.add_argument("--max-minutes", type=types.positive_float, default=None,
+    g.add_argument("--max-minutes", type=float, default=None,
                    help="stop (with a checkpoint) after this many minutes of training in total; a resumed run "
                         "continues the saved training clock, and the cosine lr reaches 0 when the budget is spent")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
@@ -117,23 +117,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--resume to continue it)")
     g.add_argument("--ckpt-save-name", default=_DEFAULTS.ckpt_save_name,
                    help="checkpoint file name inside --task-name")
-    g.add_argument("--ckpt-every", type=types.positive_int, default=_DEFAULTS.ckpt_every,
+    g.add_argument("--ckpt-every", type=int, default=_DEFAULTS.ckpt_every,
                    help="also checkpoint every this many steps (always at epoch ends, on Ctrl-C and when stopping)")
-    g.add_argument("--log-every", type=types.positive_int, default=_DEFAULTS.log_every,
+    g.add_argument("--log-every", type=int, default=_DEFAULTS.log_every,
                    help="log loss, lr and images/s to metrics.csv every this many steps")
     g.add_argument("--viz-save", action="store_true",
                    help="save denoising-progress frames to task-name/viz/ and assemble viz/progress.gif at the end")
     g.add_argument("--viz-live", action="store_true",
                    help="show the frames in a matplotlib window (warns once and carries on without a display)")
-    g.add_argument("--viz-interval", type=types.positive_int, default=_DEFAULTS.viz_interval,
+    g.add_argument("--viz-interval", type=int, default=_DEFAULTS.viz_interval,
                    help="steps between frames (one more at each epoch end)")
-    g.add_argument("--viz-num", type=types.positive_int, default=_DEFAULTS.viz_num, help="images per frame")
-    g.add_argument("--viz-t", type=types.timestep_or_last, default=_DEFAULTS.viz_t,
+    g.add_argument("--viz-num", type=int, default=_DEFAULTS.viz_num, help="images per frame")
+    g.add_argument("--viz-t", type=int, default=_DEFAULTS.viz_t,
                    help="timestep at which frames noise their images, in [0, T-1]; -1 is the last (T-1)")
     g.add_argument("--conditional", action="store_true",
                    help="train a class-conditional model: labels become context tokens for cross-attention, "
                         "with classifier-free guidance's null label (sample with --label/--guidance-scale)")
-    g.add_argument("--cond-drop", type=types.probability, default=_DEFAULTS.cond_drop,
+    g.add_argument("--cond-drop", type=float, default=_DEFAULTS.cond_drop,
                    help="with --conditional: probability of replacing a label by the null label in training")
     g.add_argument("--num-classes", type=types.positive_int, default=10,
                    help="with --conditional: number of classes (class folders) in --data-path")
@@ -160,49 +160,9 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, Di
     if args.conditional:  # label tokens as wide as the bottleneck, one token per label
         model_config = dataclasses.replace(model_config, num_classes=args.num_classes,
                                            context_dim=model_config.context_dim or model_config.channels[-1])
-    train_config = TrainConfig(
-        task_name=args.task_name,
-        data_path=str(args.data_path),
-        model=args.model,
-        batch_size=args.batch_size,
-        num_epochs=args.num_epochs,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        warmup_steps=args.warmup_steps,
-        weight_decay=args.weight_decay,
-        ema_decay=args.ema_decay,
-        ema_gamma=args.ema_gamma,
-        loss_weighting=args.loss_weighting,
-        min_snr_gamma=args.min_snr_gamma,
-        grad_clip=args.grad_clip if args.grad_clip > 0 else None,
-        seed=args.seed,
-        device=args.device,
-        num_workers=args.num_workers,
-        num_threads=args.num_threads,
-        cache=not args.no_cache,
-        skip_bad=args.skip_bad,
-        image_size=args.image_size,
-        channels=args.channels,
-        extensions=args.extensions,
-        final_samples=args.final_samples,
-        tensorboard=args.tensorboard,
-        overwrite=args.overwrite,
-        max_steps=args.max_steps,
-        max_minutes=args.max_minutes,
-        ckpt_save_name=args.ckpt_save_name,
-        ckpt_every=args.ckpt_every,
-        log_every=args.log_every,
-        viz_save=args.viz_save,
-        viz_live=args.viz_live,
-        viz_interval=args.viz_interval,
-        viz_num=args.viz_num,
-        viz_t=args.viz_t,
-        conditional=args.conditional,
-        cond_drop=args.cond_drop,
-        precision=args.precision,
-        compile=args.compile,
-        channels_last=args.channels_last,
-    )
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    values.update(data_path=str(args.data_path), cache=not args.no_cache, grad_clip=args.grad_clip or None)
+    train_config = TrainConfig(**values)  # validates every value, naming the field
     try:
         train_config.resolved_viz_t(diffusion_config.num_timesteps)
     except ValueError as err:

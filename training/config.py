@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.argtypes import MAX_INT, MAX_SEED, MAX_WORKERS
 from dataset.paths import DEFAULT_DATA_PATH
 from models.config_dict import DictConfig
 
@@ -137,28 +138,33 @@ class TrainConfig(DictConfig):
             return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
         for name in ("batch_size", "num_epochs", "ckpt_every", "log_every", "viz_interval", "viz_num"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise bad(name, "must be a positive int")
-        for name in ("warmup_steps", "num_workers", "num_threads", "seed", "final_samples"):
-            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise bad(name, "must be an int >= 0")
-        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
+            if not is_int(getattr(self, name)) or not 1 <= getattr(self, name) <= MAX_INT:
+                raise bad(name, f"must be a positive int (at most {MAX_INT})")
+        for name in ("warmup_steps", "final_samples"):
+            if not is_int(getattr(self, name)) or not 0 <= getattr(self, name) <= MAX_INT:
+                raise bad(name, f"must be an int >= 0 (at most {MAX_INT})")
+        for name in ("num_workers", "num_threads"):
+            if not is_int(getattr(self, name)) or not 0 <= getattr(self, name) <= MAX_WORKERS:
+                raise bad(name, f"must be an int >= 0, at most {MAX_WORKERS} (4 per CPU core)")
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be an int in [0, {MAX_SEED}]")
+        if self.max_steps is not None and (not is_int(self.max_steps) or not 1 <= self.max_steps <= MAX_INT):
             raise bad("max_steps", "must be None or a positive int")
         if self.max_minutes is not None and (not is_number(self.max_minutes) or self.max_minutes <= 0):
             raise bad("max_minutes", "must be None or a positive number of minutes")
-        if not is_number(self.lr) or self.lr <= 0:
-            raise bad("lr", "must be a positive number")
+        if not is_number(self.lr) or not 0 < self.lr <= 1:
+            raise bad("lr", "must be a positive number, at most 1")
         if not is_number(self.weight_decay) or self.weight_decay < 0:
             raise bad("weight_decay", "must be a number >= 0")
         if not is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
             raise bad("ema_decay", "must lie in [0, 1): it caps the EMA decay, 0.999 ≈ an average over 1,000 steps")
-        if not is_number(self.ema_gamma) or self.ema_gamma < 0:
-            raise bad("ema_gamma", "must be a number >= 0 (larger: the EMA averages a shorter part of the run)")
+        if not is_number(self.ema_gamma) or not 0 <= self.ema_gamma <= 1000:
+            raise bad("ema_gamma", "must be a number in [0, 1000] (larger: the EMA averages a shorter part of the run)")
         if self.lr_schedule not in LR_SCHEDULES:
             raise bad("lr_schedule", f"must be one of {LR_SCHEDULES}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise bad("loss_weighting", f"must be one of {LOSS_WEIGHTINGS}")
-        if not is_number(self.min_snr_gamma) or self.min_snr_gamma <= 0:
+        if not is_number(self.min_snr_gamma) or not 0 < self.min_snr_gamma <= 1e6:
             raise bad("min_snr_gamma", "must be a positive number (5 in Hang et al. 2023)")
         if self.grad_clip is not None and (not is_number(self.grad_clip) or self.grad_clip <= 0):
             raise bad("grad_clip", "must be None (no clipping) or a positive gradient norm")
@@ -177,7 +183,7 @@ class TrainConfig(DictConfig):
         for name in ("compile", "channels_last"):
             if getattr(self, name) not in (None, True, False):
                 raise bad(name, "must be None (decide by device), True or False")
-        if not is_int(self.viz_t) or self.viz_t < -1:
+        if not is_int(self.viz_t) or not -1 <= self.viz_t <= MAX_INT:
             raise bad("viz_t", "must be -1 (the last timestep) or a timestep in [0, T-1]")
         if not self.task_name or not str(self.task_name).strip():
             raise bad("task_name", "must name a folder")
