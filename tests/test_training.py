@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -208,26 +207,33 @@ def test_tiny_run_writes_every_artefact(tmp_path, data48, monkeypatch, caplog):
         assert where in caplog.text
 
 
+KILL_IN_STEP_8 = """
+import os, signal, sys
+import main as entry
+from training import cli, trainer
+calls = []
+def loss_fn(*args):
+    calls.append(1)
+    if len(calls) == 8:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return trainer.l_simple(*args)
+trainer.train(*cli.build_configs(entry.build_parser().parse_args(sys.argv[1:])), loss_fn=loss_fn)
+"""
+
+
 def test_sigkill_mid_epoch_then_resume_ends_bit_identical(tmp_path, data96):
     common = ["--num-epochs", "3", "--seed", "3", "--log-every", "1"]  # 36 steps of 12 per epoch
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert entry.main(argv(straight, data96, *common)) == 0
 
-    proc = subprocess.Popen([sys.executable, "main.py", *argv(killed, data96, *common, "--ckpt-every", "3")],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # The child SIGKILLs itself inside step 8, after the step-6 checkpoint: mid-epoch, at the same step however
+    # busy the machine is.
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_STEP_8, *argv(killed, data96, *common, "--ckpt-every", "3")],
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpt_path = killed / "test_001.pth"
-    deadline = time.monotonic() + 120
-    while not ckpt_path.exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "the run wrote no checkpoint in time"
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
     at_kill = load_checkpoint(ckpt_path)
-    assert 0 < at_kill["step"] < 36 and at_kill["data_offset"] > 0  # killed mid-epoch, not at its end
+    assert (at_kill["step"], at_kill["data_offset"]) == (6, 48)  # killed mid-epoch, not at its end
     assert (killed / ".lock").exists()  # left behind by the killed process: stale, taken over below
 
     assert entry.main(argv(killed, data96, *common, "--resume")) == 0
