@@ -34,7 +34,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from common.checkpoint import FORMAT, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from common.device import resolve_device
 from common.run_lock import RunLock
-from dataset import load_training_set
+from dataset import BadImageError, load_training_set
 from models import UNetConfig
 from scheduler import DiffusionConfig, LinearNoiseScheduler
 from training.batching import BatchSource, derived_seed, epoch_end_offset, rank_slice
@@ -221,6 +221,10 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
                         state.epoch, state.offset = state.epoch + 1, 0
                         if stop_reason is None and state.epoch < config.num_epochs:
                             last_saved = save(f"end of epoch {state.epoch}")
+        except BadImageError:  # a damaged file met mid-epoch (--no-cache): keep the steps done before it
+            if last_saved != state.step:
+                save("before stopping at a damaged image")
+            raise
         except TrainingDiverged as err:
             kept = (f"the last good checkpoint {config.ckpt_path} (step {last_saved}) is kept; resume from it with "
                     "--resume, perhaps with a lower --lr or --grad-clip" if last_saved is not None
