@@ -47,6 +47,8 @@ FORMAT = "ddpm-mnist/1"
 REQUIRED_KEYS = ("format", "model_config", "diffusion_config", "train_config", "model", "step", "epoch")
 RESUME_KEYS = ("ema", "optimizer", "data_offset", "num_samples", "rng")
 _MAX_LISTED = 8  # keys named in an error message before "... and N more"
+MAX_ABS = 1e4  # a weight beyond this is damage (trained weights are of order 1)
+MAX_COUNT = 2**31 - 1  # steps, epochs and samples beyond this are damage
 
 
 class CheckpointError(ValueError):
@@ -190,8 +192,12 @@ def check_checkpoint(ckpt: Any, source: str | Path = "checkpoint") -> None:
     for key in ("step", "epoch", "data_offset", "num_samples"):
         value = ckpt.get(key)
         if (key in REQUIRED_KEYS or value is not None) and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise CheckpointError(f"{source}[{key!r}] must be an int >= 0, got {value!r}")
+                isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT):
+            raise CheckpointError(f"{source}[{key!r}] must be an int in [0, {MAX_COUNT}], got {value!r}")
+    if ckpt["epoch"] > ckpt["step"] or (ckpt.get("num_samples") is not None
+                                        and (ckpt.get("data_offset") or 0) > ckpt["num_samples"]):
+        raise CheckpointError(f"{source} holds impossible counters (step {ckpt['step']}, epoch {ckpt['epoch']}, "
+                              f"data_offset {ckpt.get('data_offset')} of {ckpt.get('num_samples')} samples)")
     for key in ("model_config", "diffusion_config", "train_config"):
         if not isinstance(ckpt[key], dict):
             raise CheckpointError(f"{source}[{key!r}] must be a dict, got {type(ckpt[key]).__name__}")
@@ -232,18 +238,28 @@ def _fit_problems(expected: dict, state_dict: dict) -> list[str]:
         got = state_dict[k]
         if not torch.is_tensor(got):
             mismatched.append(f"{k} is a {type(got).__name__}, not a tensor")
+        elif got.layout != torch.strided:
+            mismatched.append(f"{k} is a {got.layout} tensor, not a dense one")
         elif got.shape != v.shape:
             mismatched.append(f"{k} {tuple(got.shape)} vs model {tuple(v.shape)}")
+        elif got.dtype != v.dtype:
+            mismatched.append(f"{k} is {got.dtype}, the model's is {v.dtype}")
+        elif got.untyped_storage().nbytes() < got.numel() * got.element_size():  # zero strides: checking it allocates
+            mismatched.append(f"{k} stores fewer values than its shape holds")
     problems = []
     if missing:
         problems.append(f"missing keys: {_names(missing)}")
     if unexpected:
         problems.append(f"unexpected keys: {_names(unexpected)}")
     if mismatched:
-        problems.append(f"shape mismatch: {_names(mismatched)}")
+        problems.append(f"mismatch: {_names(mismatched)}")
+        return problems  # the values of tensors that do not fit are not looked at
     non_finite = _non_finite_keys(state_dict)
     if non_finite:
         problems.append(f"NaN/inf values in {_names(non_finite)} (saved from a diverged run?)")
+    huge = [str(k) for k, v in state_dict.items() if v.is_floating_point() and v.numel() and v.abs().max() > MAX_ABS]
+    if huge and not non_finite:
+        problems.append(f"values beyond ±{MAX_ABS:g} in {_names(huge)}: no trained model holds such weights")
     return problems
 
 

@@ -1,23 +1,12 @@
 """The ``--eval-ddpm-model`` flags and entry point: sample from a checkpoint, save images, optionally score them.
 
-    python main.py --eval-ddpm-model                                  # the shipped checkpoints/mnist_small.pth
-    python main.py --eval-ddpm-model --ckpt-file runs/mnist_ddpm/test_001.pth --num-samples 100 --num-grid-rows 10
-    python main.py --eval-ddpm-model --sampler ddim --sample-steps 50 --eta 0.0 --metrics --num-samples 1000
-    python main.py --eval-ddpm-model --sampler dpm-solver++ --sample-steps 20 --metrics --num-samples 1000
-    python main.py --eval-ddpm-model --sampler ddpm --sample-steps 250     # DDPM respaced to 250 steps
-
-The model is rebuilt from the checkpoint alone (EMA weights unless ``--no-ema``). Output folder: ``--task-name``
-if given; otherwise the checkpoint's own folder (so ``runs/mnist_ddpm/test_001.pth`` writes next to its
-training run), except for shipped checkpoints under ``checkpoints/``, which write to ``runs/eval/<name>``.
-It receives::
+The model is rebuilt from the checkpoint alone. Output goes to ``--task-name`` if given, else to the
+checkpoint's own folder (``runs/eval/<name>`` for shipped checkpoints under ``checkpoints/``)::
 
     samples/grid.png         the samples tiled in --num-grid-rows rows
-    samples/samples.npz      uint8 [N, 28, 28] under "images" (+ the run's settings as JSON "metadata")
+    samples/samples.npz      uint8 [N, H, W] under "images" (+ the run's settings as JSON "metadata")
     samples/trajectory.gif   with --save-trajectory: x_t (left) and x̂0 (right) along the reverse chain
     metrics.json             with --metrics (also printed as a table)
-
-Shares ``--task-name``, ``--seed``, ``--device``, ``--num-threads`` and ``--batch-size`` (the sampling batch
-size here) with training; ``--seed`` makes a run repeat exactly (same flags, same device).
 """
 
 from __future__ import annotations
@@ -26,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -97,15 +85,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ckpt-file", type=Path, default=DEFAULT_CKPT,
                    help="checkpoint to sample from; rebuilds the model from it alone")
-    g.add_argument("--use-ema", dest="use_ema", action="store_true", default=True,
-                   help="sample with the EMA weights (default; falls back to the raw weights if there are none)")
-    g.add_argument("--no-ema", dest="use_ema", action="store_false", help="sample with the raw training weights")
+    g.add_argument("--no-ema", dest="use_ema", action="store_false",
+                   help="sample with the raw training weights (default: the EMA weights, when the checkpoint has them)")
     g.add_argument("--num-samples", type=types.positive_int, default=100, help="images to draw")
     g.add_argument("--num-grid-rows", type=types.positive_int, default=10, help="rows of samples/grid.png")
     g.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help="ddpm: ancestral sampling (Ho et al. 2020), over all T steps or respaced to --sample-steps "
-                        "(Nichol & Dhariwal 2021); ddim: Song et al. (2021); dpm-solver++: DPM-Solver++(2M), "
-                        f"Lu et al. (2022). Default: {DEFAULT_SAMPLER} with {DEFAULT_SAMPLER_STEPS} steps")
+                   help="ddpm (Ho et al. 2020; respaced by --sample-steps), ddim (Song et al. 2021) or dpm-solver++ "
+                        f"(2M, Lu et al. 2022); default: {DEFAULT_SAMPLER} with {DEFAULT_SAMPLER_STEPS} steps")
     g.add_argument("--sample-steps", type=types.positive_int, default=None,
                    help="network calls per image: ddpm in [1, T] (default T, the full chain), ddim in [1, T] "
                         f"(default {DEFAULT_STEPS['ddim']}), dpm-solver++ in [1, T-1] "
@@ -115,20 +101,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--ddim-spacing", choices=SPACINGS, default=None,
                    help="how DDIM and respaced DDPM pick their timesteps (default trailing; see scheduler/ddim.py)")
     g.add_argument("--no-clip-x0", dest="clip_x0", action="store_false",
-                   help="DDIM and DPM-Solver++: do not clamp x̂0 to [-1, 1] (DDIM: Eq. 12 verbatim; "
-                        "DPM-Solver++: no thresholding, as diffusers' default)")
+                   help="DDIM and DPM-Solver++: do not clamp x̂0 to [-1, 1] (as Eq. 12 and diffusers do)")
     g.add_argument("--save-trajectory", action="store_true",
                    help="also write samples/trajectory.gif of x_t and x̂0 along the chain (first 16 samples)")
     g.add_argument("--trajectory-frames", type=types.positive_int, default=40, help="frames in the trajectory GIF")
     g.add_argument("--metrics", action="store_true",
-                   help="score the samples (classifier-FID, classifier score, class histogram, memorisation) "
-                        "and write metrics.json")
+                   help="score the samples (classifier-FID, precision/recall, …) and write metrics.json")
     g.add_argument("--metrics-nn-reference", type=types.positive_int, default=MetricsConfig.nn_reference_size,
                    help="test digits whose nearest-training-digit distances set the memorisation threshold")
     labels = g.add_mutually_exclusive_group()
     labels.add_argument("--label", type=_label_list, default=None, metavar="CLASS",
-                        help="class-conditional checkpoints: draw every sample as this class, named like its "
-                             "training folder (e.g. 7)")
+                        help="class-conditional checkpoints: draw every sample as this class (e.g. 7)")
     labels.add_argument("--labels", type=_label_list, default=None, metavar="C1,C2,...",
                         help="class-conditional checkpoints: these classes in equal consecutive blocks, one "
                              "grid row each (default: every class in turn)")
@@ -150,20 +133,6 @@ def output_dir(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pat
     return Path(args.ckpt_file).parent
 
 
-def _unwritable(out_dir: Path) -> str | None:
-    """Why ``out_dir/samples`` cannot be written, or None: checked by creating it, as the save will."""
-    for folder in (out_dir, out_dir / "samples"):
-        if folder.exists() and not folder.is_dir():
-            return f"{folder} is a file, not a folder"
-    try:
-        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        return f"{out_dir / 'samples'}: {err.strerror or err}"
-    if not os.access(out_dir / "samples", os.W_OK):
-        return f"{out_dir / 'samples'} is not writable"
-    return None
-
-
 def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SamplerConfig:
     """The :class:`SamplerConfig` the flags ask for; flags that do not apply to --sampler are errors."""
     name = args.sampler or DEFAULT_SAMPLER
@@ -175,32 +144,14 @@ def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
                else "DPM-Solver++(2M) is a deterministic ODE solver")
         parser.error(f"--eta only applies to --sampler ddim ({why})")
     if args.ddim_spacing is not None and name == "dpm-solver++":
-        parser.error("--ddim-spacing does not apply to --sampler dpm-solver++ (it uses diffusers' linspace "
-                     "timesteps; see scheduler/dpm_solver.py)")
+        parser.error("--ddim-spacing does not apply to --sampler dpm-solver++ (it uses linspace timesteps)")
     if not args.clip_x0 and name == "ddpm":
-        parser.error("--no-clip-x0 applies to --sampler ddim and dpm-solver++; DDPM's step forms its mean from ε "
-                     "(Eq. 11) and clamps only the x̂0 it reports")
+        parser.error("--no-clip-x0 applies to --sampler ddim and dpm-solver++ (DDPM forms its mean from ε, Eq. 11)")
     try:
         return SamplerConfig(name, steps, 0.0 if args.eta is None else args.eta,
                              args.ddim_spacing or SamplerConfig.spacing, args.clip_x0)
     except ValueError as err:
         parser.error(str(err))
-
-
-def _display(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside it."""
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
-def _checkpoint_missing_message(path: Path) -> str:
-    if path.resolve() == DEFAULT_CKPT.resolve():
-        return (f"no --ckpt-file given and the shipped checkpoint {_display(DEFAULT_CKPT)} does not "
-                f"exist yet: train a model (`{TRAIN_HINT}`) and pass --ckpt-file runs/mnist_ddpm/<name>.pth")
-    return (f"checkpoint {path} not found; pass the .pth written by --train-ddpm-model "
-            "(see --task-name/--ckpt-save-name)")
 
 
 # ---------------------------------------------------------------------------------------------- entry point
@@ -213,15 +164,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.metrics and not 2 <= args.num_samples <= MAX_METRIC_SAMPLES:
         parser.error(f"--metrics needs --num-samples in [2, {MAX_METRIC_SAMPLES}] (FID fits a Gaussian; the "
                      f"real-vs-real floor draws that many training digits), got {args.num_samples}")
-    if getattr(args, "num_threads", 0):  # shared with training; 1 is fastest on an oversubscribed CPU
+    if args.num_threads:  # shared with training; 1 is fastest on an oversubscribed CPU
         torch.set_num_threads(args.num_threads)
     ckpt_path = Path(args.ckpt_file)
-    if ckpt_path.is_dir():
-        logger.error("--ckpt-file %s is a folder; pass the .pth file inside it (e.g. %s)", ckpt_path,
-                     ckpt_path / "test_001.pth")
-        return EXIT_USER_ERROR
-    if not ckpt_path.is_file():
-        logger.error("%s", _checkpoint_missing_message(ckpt_path))
+    if not ckpt_path.exists() and ckpt_path.resolve() == DEFAULT_CKPT.resolve():
+        logger.error("no --ckpt-file given and the shipped checkpoint %s does not exist yet: train a model (`%s`) "
+                     "and pass --ckpt-file runs/mnist_ddpm/<name>.pth", DEFAULT_CKPT, TRAIN_HINT)
         return EXIT_USER_ERROR
     try:
         device = resolve_device(args.device)
@@ -239,7 +187,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     classifier = clf_meta = None
     if args.metrics:  # check the classifier before spending minutes on sampling
         try:
-            classifier, clf_meta = load_classifier(args.classifier_file, device="cpu")
+            classifier, clf_meta = load_classifier(args.classifier_file)
         except (FileNotFoundError, ValueError) as err:
             logger.error("cannot compute --metrics: %s", err)
             return EXIT_USER_ERROR
@@ -271,9 +219,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         eps_fn, batch_eps_fn = model_eps_fn(model), None
 
     out_dir = output_dir(args, parser)
-    problem = _unwritable(out_dir)
-    if problem:  # before minutes of sampling, never after
-        logger.error("cannot write the samples: %s; pass another --task-name", problem)
+    samples_dir = out_dir / "samples"
+    try:  # before minutes of sampling, never after
+        samples_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        logger.error("cannot write the samples to %s: %s; pass another --task-name", samples_dir, err)
         return EXIT_USER_ERROR
     weights = "ema" if args.use_ema and ckpt.get("ema") is not None else "model"  # exports keep EMA in "model"
     logger.info("checkpoint %s (step %s, %r weights, T=%d) → %s; sampler %s, %d samples, seed %d",
@@ -307,7 +257,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "labels": requested.tolist() if requested is not None else None,
         "sampling_seconds": round(seconds, 3), "images_per_second": args.num_samples / seconds,
     }
-    samples_dir = out_dir / "samples"
     images = to_uint8(result.images)
     save_grid_png(images, samples_dir / "grid.png", args.num_grid_rows)
     save_samples_npz(images, samples_dir / "samples.npz", run_info)

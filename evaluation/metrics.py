@@ -1,29 +1,21 @@
 """Sample-quality metrics for MNIST generators, computed offline with the shipped classifier.
 
-Definitions (φ = the classifier's 128-d penultimate features, p(y|x) its softmax; images in [0, 1]):
+φ = the classifier's 128-d penultimate features, p(y|x) its softmax; images in [0, 1]. Every "real" reference
+is drawn at the samples' N with a fixed seed, so runs are comparable.
 
-- **classifier-FID** — Fréchet distance between Gaussians fitted to φ of the N samples and of the 10,000
-  MNIST test digits: ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2}) (Heusel et al., 2017, with φ in place of
-  Inception). FID is biased upwards at small N, so it is reported with its **real-vs-real floor**: the same
-  FID for N random MNIST *training* digits against the test set (independent real data at the same N).
-- **classifier score** — exp(E_x KL(p(y|x) ‖ p(y))), p(y) the mean of p(y|x) over the samples (the Inception
-  Score of Salimans et al., 2016, on one split). 1 for uninformative samples, 10 for confident, balanced ones.
-- **class histogram** — counts of argmax p(y|x) (mode coverage), and its effective number of classes
-  exp(H(histogram/N)) ∈ [1, 10].
-- **mean max-probability** — E_x max_y p(y|x), sharpness: 0.1 (uniform) … 1 (certain).
-- **precision / recall** (Kynkäänniemi et al., "Improved Precision and Recall Metric for Assessing Generative
-  Models", 2019) — each feature set approximates its manifold by the union of balls around its points, each
-  ball reaching the point's k-th nearest neighbour in the same set (k = 3). Precision = the fraction of
-  sample features inside the real manifold (are the samples realistic?); recall = the fraction of real
-  features inside the samples' manifold (is all of the real data covered?). The real set is N MNIST test
-  digits (the FID's reference, subsampled to the samples' N, as both numbers depend on the set sizes; all
-  10,000 when N is larger). The "real" column repeats both with the FID floor's N training digits in place
-  of the samples.
-- **memorisation** — d(x) = min over the 60,000 training digits of ‖x − x_train‖₂ (pixels in [0, 1]). The
-  threshold is the 5th percentile of d over held-out test digits (1,000 by default), so by construction 5% of
-  real unseen digits fall below it; a fraction of samples well above 5% means the model copies training digits.
-
-Every "real" reference is computed at the same N as the samples, with a fixed seed, so runs are comparable.
+- **classifier-FID**: ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2}) between Gaussians fitted to φ of the N samples
+  and of the 10,000 MNIST test digits (Heusel et al., 2017, with φ in place of Inception). FID is biased upwards
+  at small N, so it comes with its **real-vs-real floor**: the same FID for N random *training* digits.
+- **classifier score**: exp(E_x KL(p(y|x) ‖ p(y))), p(y) the mean of p(y|x) (Salimans et al., 2016, one split).
+- **class histogram** of argmax p(y|x), and its effective number of classes exp(H(histogram/N)) ∈ [1, 10].
+- **mean max-probability**: E_x max_y p(y|x), from 0.1 (uniform) to 1 (certain).
+- **precision / recall** (Kynkäänniemi et al., 2019): each feature set approximates its manifold by balls
+  reaching each point's k-th nearest neighbour in the set (k = 3). Precision = fraction of samples inside the
+  real manifold; recall = fraction of real points inside the samples' manifold. The real set is N test digits
+  (all 10,000 when N is larger); the "real" column repeats both with the floor's training digits as samples.
+- **memorisation**: d(x) = min over the 60,000 training digits of ‖x − x_train‖₂. The threshold is the 5th
+  percentile of d over held-out test digits, so 5% of unseen real digits fall below it by construction; far
+  more than 5% of samples below it means the model copies training digits.
 """
 
 from __future__ import annotations
@@ -54,8 +46,6 @@ class MetricsConfig:
             raise ValueError(f"nn_quantile must lie in (0, 1), got {self.nn_quantile}")
         if self.nn_reference_size < 1 or self.batch_size < 1:
             raise ValueError("nn_reference_size and batch_size must be >= 1")
-        if isinstance(self.pr_k, bool) or not isinstance(self.pr_k, int) or self.pr_k < 1:
-            raise ValueError(f"pr_k (the k of precision/recall's k-NN balls) must be an int >= 1, got {self.pr_k!r}")
 
 
 # ---------------------------------------------------------------------------------------- FID
@@ -83,19 +73,9 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """d² between N(μ₁, Σ₁) and N(μ₂, Σ₂): ‖μ₁ − μ₂‖² + Tr Σ₁ + Tr Σ₂ − 2 Tr((Σ₁Σ₂)^{1/2})."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(
-            f"mismatched Gaussian shapes: μ {mu1.shape} vs {mu2.shape}, Σ {sigma1.shape} vs {sigma2.shape}"
-        )
     diff = mu1 - mu2
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
     return max(float(value), 0.0)  # rounding can leave −1e−12 for identical inputs
-
-
-def fid_from_features(features1: np.ndarray | torch.Tensor, features2: np.ndarray | torch.Tensor) -> float:
-    return frechet_distance(*gaussian_stats(features1), *gaussian_stats(features2))
 
 
 # ---------------------------------------------------------------------------------------- p(y|x) statistics
@@ -139,10 +119,7 @@ PR_BLOCK_ELEMENTS = 1 << 23  # distances held at once: 8M float64 = 64 MiB (plus
 
 
 def _as_features(features: np.ndarray | torch.Tensor) -> torch.Tensor:
-    f = torch.as_tensor(features).detach().cpu().to(torch.float64)
-    if f.dim() != 2 or f.shape[0] < 1:
-        raise ValueError(f"expected features of shape [N >= 1, D], got {tuple(f.shape)}")
-    return f
+    return torch.as_tensor(features).detach().cpu().to(torch.float64)  # [N, D]
 
 
 def row_blocks(num_rows: int, num_cols: int, max_block: int = PR_BLOCK_ELEMENTS):
@@ -165,8 +142,8 @@ def knn_radii(features: np.ndarray | torch.Tensor, k: int, max_block: int = PR_B
     convention, under which duplicated points count as neighbours at distance 0.)
     """
     f = _as_features(features)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(f):
-        raise ValueError(f"k-NN radii need an int k in [1, N−1] for N = {len(f)} points, got k = {k!r}")
+    if not 1 <= k < len(f):
+        raise ValueError(f"k-NN radii need k in [1, N−1] for N = {len(f)} points, got k = {k}")
     radii = torch.empty(len(f), dtype=torch.float64)
     for start, stop in row_blocks(len(f), len(f), max_block):
         radii[start:stop] = _distances(f[start:stop], f).kthvalue(k + 1, dim=1).values
@@ -177,9 +154,6 @@ def fraction_in_manifold(queries: np.ndarray | torch.Tensor, centres: np.ndarray
                          radii: torch.Tensor, max_block: int = PR_BLOCK_ELEMENTS) -> float:
     """Fraction of ``queries`` within ``radii[j]`` (inclusive) of at least one ``centres[j]``."""
     q, c = _as_features(queries), _as_features(centres)
-    if q.shape[1] != c.shape[1] or radii.shape != (len(c),):
-        raise ValueError(f"queries {tuple(q.shape)}, centres {tuple(c.shape)} and radii {tuple(radii.shape)} "
-                         "do not fit together")
     inside = 0
     for start, stop in row_blocks(len(q), len(c), max_block):
         inside += int((_distances(q[start:stop], c) <= radii[None, :]).any(dim=1).sum())
@@ -192,8 +166,7 @@ def precision_recall(real_features: np.ndarray | torch.Tensor, fake_features: np
 
     precision = fraction of fake points inside some real point's k-NN ball;
     recall = fraction of real points inside some fake point's k-NN ball. Both sets need more than k points.
-    Distances are computed in blocks of at most ``max_block`` entries (64 MiB of float64 by default), so
-    N = 10,000 needs ~200 MiB at the peak rather than the 800 MiB of one N × N matrix.
+    Distances are computed in blocks of at most ``max_block`` entries, never as one N × N matrix.
     """
     real, fake = _as_features(real_features), _as_features(fake_features)
     precision = fraction_in_manifold(fake, real, knn_radii(real, k, max_block), max_block)
@@ -214,8 +187,6 @@ def nearest_neighbour_l2(
         raise ValueError("nearest_neighbour_l2 expects uint8 images")
     q = torch.from_numpy(queries.reshape(len(queries), -1)).float().div_(255.0)
     r = torch.from_numpy(references.reshape(len(references), -1)).float().div_(255.0)
-    if q.shape[1] != r.shape[1] or len(r) == 0:
-        raise ValueError(f"queries {queries.shape} and references {references.shape} must be non-empty, same size")
     r_sq = (r * r).sum(1)  # ‖b‖², (M,)
     idx = torch.empty(len(q), dtype=torch.long)
     for start in range(0, len(q), chunk_size):
@@ -228,9 +199,7 @@ def nearest_neighbour_l2(
     return dist, idx
 
 
-def memorisation_stats(
-    sample_nn: np.ndarray, test_nn: np.ndarray, quantile: float
-) -> dict:
+def memorisation_stats(sample_nn: np.ndarray, test_nn: np.ndarray, quantile: float) -> dict:
     """Fraction of samples closer to the training set than the ``quantile`` of held-out test digits are."""
     threshold = float(np.quantile(test_nn, quantile))
     return {

@@ -2,9 +2,8 @@
 
 from scheduler.ddim import SPACINGS, DDIMScheduler, ddim_timesteps
 from scheduler.dpm_solver import DPMSolverPlusPlusScheduler, dpm_solver_timesteps
-from scheduler.extract import extract
+from scheduler.extract import draw_noise, extract
 from scheduler.linear_noise_scheduler import DiffusionConfig, LinearNoiseScheduler, NoiseScheduler
-from scheduler.noise import draw_noise
 from scheduler.respace import RespacedDDPMScheduler, respaced_betas
 
 __all__ = [

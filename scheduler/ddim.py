@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import torch
 
-from scheduler.extract import as_timestep_tensor, extract
+from scheduler.extract import as_timestep_tensor, draw_noise, extract
 from scheduler.linear_noise_scheduler import NoiseScheduler
-from scheduler.noise import draw_noise
 
 SPACINGS = ("trailing", "leading", "linspace")
 

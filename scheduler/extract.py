@@ -1,4 +1,5 @@
-"""One way to gather per-timestep coefficients and broadcast them over a batch of images."""
+"""What every sampler step shares: validated timesteps, per-timestep coefficients broadcast over a batch of
+images (one way to gather them), and Gaussian noise drawn reproducibly."""
 
 from __future__ import annotations
 
@@ -45,3 +46,12 @@ def extract(coeffs: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Ten
             "move the scheduler with scheduler.to(device)"
         )
     return coeffs[t].view(t.shape[0], *([1] * (x.dim() - 1)))
+
+
+def draw_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device | str,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """z ~ N(0, I) of ``shape``, drawn on the generator's device and then moved to ``device``: a CPU generator
+    gives the same numbers whatever device the model runs on (torch cannot draw with another device's generator).
+    """
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)

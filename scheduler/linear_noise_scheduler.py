@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from scheduler.extract import as_timestep_tensor, extract
-from scheduler.noise import draw_noise
+from scheduler.extract import as_timestep_tensor, draw_noise, extract
 
 MIN_ALPHA_BAR = 1e-30  # ᾱ_T below this leaves float32's normal range once square-rooted and inverted
 

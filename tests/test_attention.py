@@ -79,3 +79,21 @@ def test_attention_errors():
         MultiHeadCrossAttention(8, 4, 2)(torch.randn(1, 3, 8), torch.randn(1, 2, 5))
     with pytest.raises(ValueError, match="causal"):
         attention(*(torch.randn(1, 1, 3, 4),) * 1, torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4), causal=True)
+
+
+def test_spatial_attention_adds_both_attentions_as_residuals():
+    """x + SelfAttn(norm(x)), then + CrossAttn(norm'(·), context), each over the H·W positions as tokens."""
+    from models.blocks import SpatialAttention
+
+    torch.manual_seed(0)
+    block = SpatialAttention(8, num_heads=2, norm_groups=2, context_dim=6)
+    x, context = torch.randn(2, 8, 3, 5), torch.randn(2, 4, 6)
+
+    def as_map(tokens):  # (B, HW, C) → (B, C, H, W)
+        return tokens.transpose(1, 2).reshape(2, 8, 3, 5)
+
+    h = x + as_map(block.self_attn(block.norm(x).flatten(2).transpose(1, 2)))
+    expected = h + as_map(block.cross_attn(block.cross_norm(h).flatten(2).transpose(1, 2), context))
+    torch.testing.assert_close(block(x, context), expected)
+    with pytest.raises(ValueError, match="cross-attends to a context of width 6; pass context"):
+        block(x)

@@ -227,7 +227,7 @@ def test_build_model_without_ema_falls_back_to_model_and_logs(state, caplog):
 @pytest.mark.parametrize("damage, message", [
     ("missing", r"missing keys: conv_out\.bias"),
     ("extra", r"unexpected keys: extra\.weight"),
-    ("shape", r"shape mismatch: conv_out\.weight \(1, 8, 5, 5\) vs model \(1, 8, 3, 3\)"),
+    ("shape", r"mismatch: conv_out\.weight \(1, 8, 5, 5\) vs model \(1, 8, 3, 3\)"),
 ])
 def test_state_dict_that_does_not_fit_is_refused_naming_keys(state, damage, message):
     weights = dict(state["ema"])

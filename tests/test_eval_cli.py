@@ -138,7 +138,7 @@ def test_missing_or_bad_checkpoints_return_2(tmp_path, monkeypatch, caplog):
     assert run_eval() == 2
     assert "does not exist yet: train a model" in caplog.text
     assert run_eval("--ckpt-file", str(tmp_path / "nope.pth")) == 2
-    assert "nope.pth not found" in caplog.text
+    assert "nope.pth does not exist" in caplog.text
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     assert run_eval("--ckpt-file", str(bad)) == 2

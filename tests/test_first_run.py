@@ -246,7 +246,7 @@ def test_eval_refuses_an_unwritable_output_before_sampling(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         assert entry.main(["--eval-ddpm-model", "--ckpt-file", str(run / "test_001.pth"), "--task-name", str(a_file),
                            "--num-samples", "2"]) == 2
-    assert f"{a_file} is a file, not a folder" in caplog.text
+    assert f"cannot write the samples to {a_file / 'samples'}" in caplog.text
     assert "sampling 2 images" not in caplog.text  # refused before any sampling work
 
 

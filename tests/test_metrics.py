@@ -27,7 +27,6 @@ from evaluation.metrics import (
     classifier_score,
     compute_metrics,
     effective_num_classes,
-    fid_from_features,
     floor_digits,
     format_metrics_table,
     fraction_in_manifold,
@@ -58,7 +57,7 @@ def test_fid_of_a_gaussian_with_itself_is_zero():
 
 def test_fid_of_a_feature_set_with_itself_is_zero():
     f = np.random.default_rng(1).normal(size=(200, 32))
-    assert fid_from_features(f, f) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(*gaussian_stats(f), *gaussian_stats(f)) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_fid_diagonal_closed_form():
@@ -95,15 +94,13 @@ def test_fid_is_symmetric_and_handles_rank_deficient_covariances():
     assert d12 == pytest.approx(d21, rel=1e-8)
 
 
-def test_gaussian_stats_and_shape_errors():
+def test_gaussian_stats():
     f = np.random.default_rng(4).normal(size=(50, 3))
     mu, sigma = gaussian_stats(torch.from_numpy(f))
     np.testing.assert_allclose(mu, f.mean(0))
     np.testing.assert_allclose(sigma, np.cov(f.T))  # unbiased (N − 1)
     with pytest.raises(ValueError, match="N >= 2"):
         gaussian_stats(f[:1])
-    with pytest.raises(ValueError, match="mismatched"):
-        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
 # ---------------------------------------------------------------------------------------- p(y|x) statistics
@@ -225,11 +222,9 @@ def test_blocks_bound_memory():
     assert list(row_blocks(3, 10, max_block=5)) == [(0, 1), (1, 2), (2, 3)]  # a row larger than the budget
 
 
-def test_precision_recall_input_errors():
+def test_knn_radii_needs_more_points_than_k():
     with pytest.raises(ValueError, match=r"k in \[1, N−1\]"):
         knn_radii(np.zeros((3, 2)), 3)
-    with pytest.raises(ValueError, match="do not fit"):
-        fraction_in_manifold(np.zeros((3, 2)), np.zeros((4, 3)), torch.zeros(4))
 
 
 # ---------------------------------------------------------------------------------------- nearest neighbours
@@ -347,10 +342,7 @@ def test_classifier_round_trip_and_checksum(tmp_path, stand_in_classifier):
         load_classifier(tmp_path / "missing.pth")
 
 
-def test_classifier_refuses_non_plain_metadata_and_bad_input(tmp_path, stand_in_classifier):
-    with pytest.raises(ValueError, match="plain Python values"):
-        save_classifier(tmp_path / "c.pth", stand_in_classifier, when=object())
-    assert not (tmp_path / "c.pth").exists()
+def test_classifier_refuses_bad_input(stand_in_classifier):
     with pytest.raises(ValueError, match="uint8"):
         classify_uint8(stand_in_classifier, torch.rand(2, 28, 28))
     with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):

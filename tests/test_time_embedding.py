@@ -36,3 +36,13 @@ def test_module_shape_and_distinct_embeddings():
     out = module(torch.tensor([0, 1, 500, 999]))
     assert out.shape == (4, 32)
     assert torch.cdist(out, out).fill_diagonal_(1).min() > 1e-3
+
+
+def test_time_embedding_is_an_mlp_of_the_sinusoid():
+    """TimeEmbedding = Linear → SiLU → Linear applied to the sinusoidal features (not a purely linear map)."""
+    torch.manual_seed(0)
+    emb = TimeEmbedding(8)
+    t = torch.tensor([0, 7, 999])
+    first, last = emb.mlp[0], emb.mlp[-1]
+    expected = last(torch.nn.functional.silu(first(get_time_embedding(t, 8))))
+    torch.testing.assert_close(emb(t), expected)

@@ -135,6 +135,14 @@ class TrainState:
             raise CheckpointError(f"{source}: optimizer state does not fit the model ({err})") from None
         for group, wd in zip(self.optimizer.param_groups, weight_decay):
             group["weight_decay"] = wd
+            betas, eps = group.get("betas", (0.0, 0.0)), group.get("eps", 1.0)
+            if not (all(0.0 <= b < 1.0 for b in betas) and 0.0 < eps < 1.0):
+                raise CheckpointError(f"{source}: optimizer settings out of range (betas {betas}, eps {eps})")
+        for p in self.model.parameters():
+            for name, value in self.optimizer.state.get(p, {}).items():
+                if name != "step" and (value.shape != p.shape or not bool(torch.isfinite(value).all())):
+                    raise CheckpointError(f"{source}: optimizer state {name} {tuple(value.shape)} does not fit a "
+                                          f"{tuple(p.shape)} weight or holds NaN/inf")
         if ckpt.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.step, self.epoch, self.offset = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["data_offset"])

@@ -2,8 +2,7 @@
 bottleneck / up blocks and the whole UNet.
 
 Every module is freshly initialised from ``seed`` (untrained): the figures show what each block *does to
-shapes and structure*, not what a trained model has learnt. Each function writes its PNG(s) into
-``outdir`` and returns the paths.
+shapes and structure*, not what a trained model has learnt.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ from models import (
     get_time_embedding,
 )
 from visualization.plotting import (
-    cpu_generator,
     new_figure,
     save_figure,
     seeded_init,
@@ -97,7 +95,7 @@ def self_attention_figures(
     """``mhsa_head{h}.png``: the weights of one head without and with the causal mask, side by side."""
     with seeded_init(seed):
         attn = MultiHeadSelfAttention(dim, num_heads).to(device).eval()
-    x = _tokens(num_tokens, dim, cpu_generator(seed)).to(device)
+    x = _tokens(num_tokens, dim, torch.Generator().manual_seed(seed)).to(device)
     with torch.no_grad():
         _, full = attn(x, causal=False, return_weights=True)  # (1, h, N, N)
         _, causal = attn(x, causal=True, return_weights=True)
@@ -123,7 +121,7 @@ def cross_attention_figures(
     """``mhca_head{h}.png``: query tokens × context tokens weights of one head."""
     with seeded_init(seed):
         attn = MultiHeadCrossAttention(dim, context_dim, num_heads).to(device).eval()
-    gen = cpu_generator(seed)
+    gen = torch.Generator().manual_seed(seed)
     x = _tokens(num_tokens, dim, gen).to(device)
     context = _tokens(num_context, context_dim, gen, offset=num_tokens // 2).to(device)
     with torch.no_grad():
@@ -163,22 +161,13 @@ def _feature_maps(channels: int, size: int, generator: torch.Generator) -> torch
     return maps[None]
 
 
-def _time_embedding(t: int, dim: int, device) -> torch.Tensor:
-    with torch.no_grad():
-        return TimeEmbedding(dim).to(device)(torch.tensor([t], device=device))  # (1, dim)
-
-
-def _shape(x: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in x.shape) + ")"
-
-
 def _io_figure(panels: list[tuple[str, torch.Tensor]], suptitle: str, path: Path) -> Path:
     """One panel per ``(title, (1, C, H, W) tensor)``: channel 0 on a shared diverging scale."""
     limit = symmetric_limit(*(x[0, 0] for _, x in panels))
     fig = new_figure(4.6 * len(panels), 4.6)
     for ax, (title, x) in zip(fig.subplots(1, len(panels)), panels):
-        show_map(ax, x[0, 0], f"{title} channel 0\nshape {_shape(x)}", cmap="RdBu_r", vmin=-limit, vmax=limit,
-                 colorbar="activation")
+        show_map(ax, x[0, 0], f"{title} channel 0\nshape {tuple(x.shape)}", cmap="RdBu_r", vmin=-limit,
+                 vmax=limit, colorbar="activation")
     fig.suptitle(suptitle)
     return save_figure(fig, path)
 
@@ -190,41 +179,33 @@ def block_figures(
     """``downsample_block_channel0.png``, ``bottleneck_block_channel0.png``, ``upsample_block_channel0.png``:
     channel 0 of each block's input(s) and output, with the tensor shapes in the titles. Each block draws its
     inputs from its own generator, so its figure does not depend on which other blocks are drawn."""
+    # name: (block, its inputs as (title, channels, size), file name, suptitle)
+    blocks = {
+        "down": (lambda: DownSamplingBlock(16, 32, t_emb_dim, down_sample=True, num_heads=4),
+                 [("input", 16, 28)], "downsample_block_channel0.png",
+                 f"DownSamplingBlock(16 → 32 channels, t = {t}): residual + attention layer, then a stride-2 conv "
+                 "halves H and W"),
+        "bottleneck": (lambda: BottleNeck(64, 64, t_emb_dim, num_layers=1, num_heads=4),
+                       [("input", 64, 7)], "bottleneck_block_channel0.png",
+                       f"BottleNeck(64 channels, t = {t}): residual → attention → residual at the lowest resolution; "
+                       "the shape is kept"),
+        "upsample": (lambda: UpSamplingBlock(32, 16, 16, t_emb_dim, up_sample=True, num_heads=4),
+                     [("input", 32, 14), ("skip (from the down path)", 16, 28)], "upsample_block_channel0.png",
+                     f"UpSamplingBlock(32 + 16 skip → 16 channels, t = {t}): transposed conv doubles H and W, "
+                     "concatenates the skip, then residual + attention"),
+    }
+    with seeded_init(seed), torch.no_grad():
+        t_emb = TimeEmbedding(t_emb_dim).to(device)(torch.tensor([t], device=device))  # (1, t_emb_dim)
     paths = []
-    with seeded_init(seed):
-        t_emb = _time_embedding(t, t_emb_dim, device)
-    if "down" in which:
+    for name in (name for name in blocks if name in which):
+        make_block, inputs, filename, suptitle = blocks[name]
         with seeded_init(seed), torch.no_grad():
-            block = DownSamplingBlock(16, 32, t_emb_dim, down_sample=True, num_heads=4).to(device).eval()
-            x = _feature_maps(16, 28, cpu_generator(seed)).to(device)
-            y = block(x, t_emb)
-        paths.append(_io_figure(
-            [("input", x), ("output", y)],
-            f"DownSamplingBlock(16 → 32 channels, t = {t}): residual + attention layer, then a stride-2 conv "
-            "halves H and W",
-            outdir / "downsample_block_channel0.png"))
-    if "bottleneck" in which:
-        with seeded_init(seed), torch.no_grad():
-            block = BottleNeck(64, 64, t_emb_dim, num_layers=1, num_heads=4).to(device).eval()
-            x = _feature_maps(64, 7, cpu_generator(seed)).to(device)
-            y = block(x, t_emb)
-        paths.append(_io_figure(
-            [("input", x), ("output", y)],
-            f"BottleNeck(64 channels, t = {t}): residual → attention → residual at the lowest resolution; "
-            "the shape is kept",
-            outdir / "bottleneck_block_channel0.png"))
-    if "upsample" in which:
-        with seeded_init(seed), torch.no_grad():
-            block = UpSamplingBlock(32, 16, 16, t_emb_dim, up_sample=True, num_heads=4).to(device).eval()
-            gen = cpu_generator(seed)
-            x = _feature_maps(32, 14, gen).to(device)
-            skip = _feature_maps(16, 28, gen).to(device)
-            y = block(x, skip, t_emb)
-        paths.append(_io_figure(
-            [("input", x), ("skip (from the down path)", skip), ("output", y)],
-            f"UpSamplingBlock(32 + 16 skip → 16 channels, t = {t}): transposed conv doubles H and W, "
-            "concatenates the skip, then residual + attention",
-            outdir / "upsample_block_channel0.png"))
+            block = make_block().to(device).eval()
+            gen = torch.Generator().manual_seed(seed)
+            xs = [_feature_maps(channels, size, gen).to(device) for _, channels, size in inputs]
+            y = block(*xs, t_emb)
+        panels = [(title, x) for (title, _, _), x in zip(inputs, xs)] + [("output", y)]
+        paths.append(_io_figure(panels, suptitle, outdir / filename))
     return paths
 
 

@@ -13,18 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sampling import Trajectory, make_grid
+from sampling import Trajectory
 from scheduler import LinearNoiseScheduler
-from visualization.plotting import cpu_generator, new_figure, save_figure, tile_centres, to_numpy
+from visualization.plotting import new_figure, save_figure, show_tiles, to_numpy
 
 FORWARD_TIMESTEPS = (0, 50, 100, 250, 500, 750, 999)
-
-
-def _check_timesteps(timesteps: Sequence[int], scheduler: LinearNoiseScheduler) -> list[int]:
-    bad = [t for t in timesteps if not 0 <= t < scheduler.num_timesteps]
-    if bad:
-        raise ValueError(f"timesteps {bad} lie outside [0, {scheduler.num_timesteps - 1}] for this scheduler")
-    return list(timesteps)
 
 
 def schedule_curves_figure(
@@ -82,10 +75,9 @@ def forward_diffusion_figure(
     Args:
         image: ``(H, W)`` digit in [0, 1]; mapped to the model's range [−1, 1] as x0.
     """
-    timesteps = _check_timesteps(timesteps, scheduler)
     x0 = torch.as_tensor(2.0 * np.asarray(image, dtype=np.float32) - 1.0)[None, None]  # (1, 1, H, W)
     x0 = x0.expand(len(timesteps), -1, -1, -1)
-    eps = torch.randn(x0.shape[1:], generator=cpu_generator(seed)).expand_as(x0)  # the same ε for every t
+    eps = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed)).expand_as(x0)  # one ε for every t
     x_t = to_numpy(scheduler.add_noise(x0, eps, torch.tensor(timesteps)))[:, 0]  # (len(t), H, W)
     abar = to_numpy(scheduler.alphas_cumprod)
 
@@ -135,17 +127,11 @@ def reverse_process_figure(
     x0 = to_numpy((trajectory.x0_pred[:, :, 0].clamp(-1, 1) + 1) / 2)
     x0[-1] = np.nan  # the last frame is the final sample; show it once, in the x_t row
     tiles = np.stack([x_t, x0], axis=2).reshape(frames, 2 * num_samples, *x_t.shape[2:])  # rows: x_t, x̂0 of #0, …
-    h, w = tiles.shape[-2:]
 
     fig = new_figure(0.75 * frames + 2.4, 0.78 * 2 * num_samples + 1.6)
     ax = fig.add_subplot()
-    # One imshow of a NaN-separated grid (NaN tiles stay empty) is clearer and much faster than one axes per tile.
-    in_rows = tiles.transpose(1, 0, 2, 3).reshape(-1, h, w)  # row-major: one row per (sample, x_t/x̂0)
-    grid = make_grid(in_rows, 2 * num_samples, padding=1, pad_value=np.nan, border=False)
-    im = ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks(tile_centres(frames, w), [str(t) for t in steps] + ["final\nsample"])
-    ax.set_yticks(tile_centres(2 * num_samples, h), [f"{name}: {row}" for name in names for row in ("x_t", "x̂0")])
-    ax.tick_params(length=0)
+    im = show_tiles(ax, tiles.transpose(1, 0, 2, 3), [str(t) for t in steps] + ["final\nsample"],
+                    [f"{name}: {row}" for name in names for row in ("x_t", "x̂0")])
     ax.set_xlabel(f"timestep t: sampling runs left to right, from pure noise (t = {steps[0]}) to the final sample")
     ax.set_title(title or "Reverse process: x_t and the x̂0 predicted from it along DDPM sampling")
     fig.colorbar(im, ax=ax, label="pixel value ((x + 1) / 2, clipped to [0, 1])", shrink=0.8)

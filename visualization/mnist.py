@@ -1,8 +1,8 @@
 """Figures of the training data: a grid of the first images of each digit and the label histogram.
 
-The images come from a class-folder tree (``data/MNIST/mnist_images``, made by
-``scripts/prepare_mnist.py``) or straight from MNIST's IDX files (the copy bundled in
-``data/MNIST/raw``), so the figures can be drawn before any PNG is written.
+The images come from the bundled MNIST IDX files (``data/MNIST/raw``), another folder of IDX files, or a
+class-folder tree such as ``data/MNIST/mnist_images`` (made by ``scripts/prepare_mnist.py``): whatever
+:class:`dataset.MNISTDataset` reads.
 """
 
 from __future__ import annotations
@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dataset import DEFAULT_RAW_DIR, MNISTDataset, load_mnist_idx
-from dataset.idx import mnist_idx_paths
-from sampling import make_grid
-from visualization.plotting import new_figure, save_figure, tile_centres
+from dataset import MNISTDataset
+from visualization.plotting import new_figure, save_figure, show_tiles
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +27,11 @@ class MNISTPreview:
         images: ``(num_classes, per_class, H, W)`` float in [0, 1]; NaN where a class has fewer images.
         class_names: one name per class, in label order.
         counts: class name → number of images.
-        source: where the images were read, for titles and logs.
     """
 
     images: np.ndarray
     class_names: list[str]
     counts: dict[str, int]
-    source: str
 
     def first_image(self, class_name: str = "7") -> np.ndarray:
         """``(H, W)`` in [0, 1]: the first image of ``class_name`` (of the first class if there is none)."""
@@ -43,41 +39,20 @@ class MNISTPreview:
         return self.images[index, 0]
 
 
-def is_idx_dir(path: Path) -> bool:
-    """Whether ``path`` holds MNIST's training IDX files (``.gz`` or plain)."""
-    return all(p.is_file() for p in mnist_idx_paths("train", path))
-
-
 def load_mnist_preview(root: str | Path | None = None, per_class: int = 8) -> MNISTPreview:
     """Read the preview from ``root``: a class-folder tree, a folder of IDX files, or (``None``) the
     bundled IDX files."""
-    if per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
-    root = DEFAULT_RAW_DIR if root is None else Path(root)
-    if is_idx_dir(root):
-        images, labels = load_mnist_idx("train", root)  # (N, 28, 28) uint8, (N,)
-        names = [str(c) for c in range(10)]
-        firsts = [np.flatnonzero(labels == c)[:per_class] for c in range(10)]
-        pick = [images[idx].astype(np.float32) / 255.0 for idx in firsts]
-        counts = {name: int(n) for name, n in zip(names, np.bincount(labels, minlength=10))}
-        source = f"MNIST IDX files in {root}"
-    else:
-        dataset = MNISTDataset.from_folder(root)
-        names = list(dataset.classes)
-        targets = np.asarray(dataset.targets)
-        firsts = [np.flatnonzero(targets == label)[:per_class] for label in range(len(names))]
-        # dataset items are (C, H, W) in [−1, 1]; the grid shows channel 0 in [0, 1]
-        pick = [np.stack([(dataset[int(i)][0][0].numpy() + 1) / 2 for i in idx]) if len(idx) else None
-                for idx in firsts]
-        counts = dataset.class_counts()
-        source = f"class folders under {root}"
-    height, width = next(p.shape[1:] for p in pick if p is not None)
-    grid = np.full((len(names), per_class, height, width), np.nan, dtype=np.float32)
-    for row, images_of_class in enumerate(pick):
-        if images_of_class is not None:
-            grid[row, : len(images_of_class)] = images_of_class
-    logger.info("MNIST preview: %d classes, %d images, from %s", len(names), sum(counts.values()), source)
-    return MNISTPreview(grid, names, counts, source)
+    dataset = MNISTDataset("train", root)
+    targets = np.asarray(dataset.targets)
+    firsts = [np.flatnonzero(targets == label)[:per_class] for label in range(len(dataset.classes))]
+    height, width = dataset.image_size
+    grid = np.full((len(firsts), per_class, height, width), np.nan, dtype=np.float32)
+    for row, indices in enumerate(firsts):
+        for col, i in enumerate(indices):
+            grid[row, col] = (dataset[int(i)][0][0].numpy() + 1) / 2  # channel 0 of (C, H, W) in [−1, 1] → [0, 1]
+    counts = dataset.class_counts()
+    logger.info("MNIST preview: %d classes, %d images, from %s", len(counts), sum(counts.values()), dataset.root)
+    return MNISTPreview(grid, list(dataset.classes), counts)
 
 
 def mnist_grid_figure(outdir: Path, preview: MNISTPreview) -> Path:
@@ -85,11 +60,7 @@ def mnist_grid_figure(outdir: Path, preview: MNISTPreview) -> Path:
     rows, cols, h, w = preview.images.shape
     fig = new_figure(1.0 + 0.62 * cols, 0.9 + 0.62 * rows)
     ax = fig.add_subplot()
-    grid = make_grid(preview.images.reshape(-1, h, w), rows, padding=1, pad_value=np.nan, border=False)
-    im = ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    ax.set_xticks(tile_centres(cols, w), [str(c) for c in range(cols)])
-    ax.set_yticks(tile_centres(rows, h), preview.class_names)
-    ax.tick_params(length=0)
+    im = show_tiles(ax, preview.images, [str(c) for c in range(cols)], preview.class_names)
     ax.set_xlabel("n-th image of the class")
     ax.set_ylabel("label")
     ax.set_title(f"First {cols} training images of each class ({h}×{w}, shown in [0, 1])")

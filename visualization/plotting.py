@@ -17,6 +17,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from sampling import make_grid
+
 logger = logging.getLogger(__name__)
 
 DPI = 110
@@ -51,18 +53,16 @@ def show_map(
     cmap: str = "viridis",
     vmin: float | None = None,
     vmax: float | None = None,
-    colorbar: str | None = "value",
+    colorbar: str = "value",
     xlabel: str = "x (pixel)",
     ylabel: str = "y (pixel)",
-):
-    """``imshow`` of a 2-D array with a title, axis labels and (unless ``colorbar`` is None) a labelled colour bar."""
+) -> None:
+    """``imshow`` of a 2-D array with a title, axis labels and a colour bar labelled ``colorbar``."""
     im = ax.imshow(to_numpy(image), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if colorbar is not None:
-        ax.figure.colorbar(im, ax=ax, label=colorbar, shrink=0.85)
-    return im
+    ax.figure.colorbar(im, ax=ax, label=colorbar, shrink=0.85)
 
 
 def symmetric_limit(*arrays: torch.Tensor | np.ndarray) -> float:
@@ -70,10 +70,16 @@ def symmetric_limit(*arrays: torch.Tensor | np.ndarray) -> float:
     return max(float(np.abs(to_numpy(a)).max()) for a in arrays) or 1.0
 
 
-def tile_centres(count: int, size: int, gap: int = 1) -> list[float]:
-    """Pixel coordinates of the centres of ``count`` tiles of ``size`` pixels in a
-    :func:`sampling.images.make_grid` with ``padding=gap, border=False``."""
-    return [i * (size + gap) + (size - 1) / 2 for i in range(count)]
+def show_tiles(ax: Axes, tiles: np.ndarray, col_labels: list[str], row_labels: list[str]):
+    """``imshow`` of ``(rows, cols, H, W)`` tiles in [0, 1] as one gray grid with 1 px gaps (NaN tiles stay blank),
+    each column and row named by a tick label. One image is clearer and much faster than one axes per tile."""
+    rows, cols, h, w = tiles.shape
+    grid = make_grid(tiles.reshape(-1, h, w), rows, padding=1, pad_value=np.nan, border=False)
+    im = ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([c * (w + 1) + (w - 1) / 2 for c in range(cols)], col_labels)  # tile centres
+    ax.set_yticks([r * (h + 1) + (h - 1) / 2 for r in range(rows)], row_labels)
+    ax.tick_params(length=0)
+    return im
 
 
 @contextlib.contextmanager
@@ -86,8 +92,3 @@ def seeded_init(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
-
-
-def cpu_generator(seed: int) -> torch.Generator:
-    """A CPU generator; tensors are drawn on the CPU and then moved, so every device sees the same values."""
-    return torch.Generator().manual_seed(seed)

@@ -9,6 +9,7 @@ exit 2 and write no checkpoint. A pickle payload that would run code creates a m
 from __future__ import annotations
 
 import builtins
+import copy
 import functools
 import io
 import os
@@ -99,6 +100,17 @@ def _flip(data: bytes, seed: int, count: int) -> bytes:
     return bytes(out)
 
 
+def _optimizer(good: dict, betas: tuple | None = None, exp_avg: float | torch.Tensor | None = None) -> dict:
+    """The good optimizer state with its betas or the first weight's exp_avg replaced."""
+    opt = copy.deepcopy(good["optimizer"])
+    if betas is not None:
+        opt["param_groups"][0]["betas"] = betas
+    if exp_avg is not None:
+        first = opt["state"][0]
+        first["exp_avg"] = exp_avg if torch.is_tensor(exp_avg) else torch.full_like(first["exp_avg"], exp_avg)
+    return opt
+
+
 def _nan_like(weights: dict, key: str, value: float) -> dict:
     return {**weights, key: torch.full_like(weights[key], value)}
 
@@ -140,21 +152,39 @@ def _catalogue() -> list[HostileCase]:
     add("a plain state dict (no format key)", r"format: \"<no 'format' key>\"", _save(lambda g: dict(g["model"])))
     add("required keys missing", r"lacks required key\(s\) \['model_config'",
         _save(lambda g: {"format": g["format"], "model": g["model"]}))
-    add("step is a string", r"\['step'\] must be an int >= 0, got 'many'", _save(lambda g: {**g, "step": "many"}))
-    add("negative epoch", r"\['epoch'\] must be an int >= 0, got -1", _save(lambda g: {**g, "epoch": -1}))
+    add("step is a string", r"\['step'\] must be an int in \[0, 2147483647\], got 'many'",
+        _save(lambda g: {**g, "step": "many"}))
+    add("negative epoch", r"\['epoch'\] must be an int in \[0, 2147483647\], got -1",
+        _save(lambda g: {**g, "epoch": -1}))
+    add("step 10^12", r"\['step'\] must be an int in \[0, 2147483647\], got 1000000000000",
+        _save(lambda g: {**g, "step": 10**12}))
+    add("more epochs than steps", r"impossible counters \(step 1, epoch 1000000",
+        _save(lambda g: {**g, "epoch": 10**6}))
+    add("data offset beyond the data", r"impossible counters .*data_offset 49 of 48",
+        _save(lambda g: {**g, "data_offset": 49}))
+    add("float64 weights", r"conv_out\.weight is torch\.float64, the model's is torch\.float32",
+        _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": g["ema"]["conv_out.weight"].double()}}))
+    add("complex weights", r"conv_out\.weight is torch\.complex64",
+        _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": g["ema"]["conv_out.weight"].to(torch.complex64)}}))
+    add("weights of 1e30 (black samples)", r"values beyond ±10000 in conv_out\.weight",
+        _save(lambda g: {**g, "ema": _nan_like(g["ema"], "conv_out.weight", 1e30)}))
+    add("a sparse tensor", r"conv_out\.weight is a torch\.sparse_coo tensor",
+        _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": g["ema"]["conv_out.weight"].to_sparse()}}))
+    add("zero-stride tensor (one value posing as many)", r"conv_out\.weight stores fewer values than its shape",
+        _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": torch.zeros(1).expand(1, 8, 3, 3)}}))
     add("invalid model config", r"invalid configuration.*norm_groups",
         _save(lambda g: {**g, "model_config": {**g["model_config"], "norm_groups": 3}}))
     add("state dict: a key missing", r"missing keys: conv_out\.bias",
         _save(lambda g: {**g, "ema": {k: v for k, v in g["ema"].items() if k != "conv_out.bias"}}))
     add("state dict: an extra key", r"unexpected keys: extra\.weight",
         _save(lambda g: {**g, "ema": {**g["ema"], "extra.weight": torch.zeros(1)}}))
-    add("state dict: a wrong shape", r"shape mismatch: conv_out\.weight \(1, 8, 5, 5\) vs model \(1, 8, 3, 3\)",
+    add("state dict: a wrong shape", r"mismatch: conv_out\.weight \(1, 8, 5, 5\) vs model \(1, 8, 3, 3\)",
         _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": torch.zeros(1, 8, 5, 5)}}))
     add("state dict: a string for a tensor", r"conv_out\.weight is a str, not a tensor",
         _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": "pwn"}}))
     add("weights holding NaN", r"NaN/inf values in conv_out\.weight",
         _save(lambda g: {**g, "ema": _nan_like(g["ema"], "conv_out.weight", float("nan"))}))
-    add("config of a 2^20-wide UNet (a memory bomb)", r"shape mismatch: .*\(1048576",
+    add("config of a 2^20-wide UNet (a memory bomb)", r"mismatch: .*\(1048576",
         _save(lambda g: {**g, "model_config": {**g["model_config"], "channels": [2**20, 2**21, 2**21]}}))
     add("config with 10^7 layers per block", r"layers_per_block=10000000.*more than the \d+ tensors",
         _save(lambda g: {**g, "model_config": {**g["model_config"], "layers_per_block": 10**7}}))
@@ -171,6 +201,12 @@ def _catalogue() -> list[HostileCase]:
         _save(lambda g: {**t100(g), "optimizer": None}), "resume")
     add("optimizer state of another model", r"optimizer state does not fit",
         _save(lambda g: {**t100(g), "optimizer": {"state": {}, "param_groups": [{"params": [0]}]}}), "resume")
+    add("Adam beta = 5", r"optimizer settings out of range \(betas \(5",
+        _save(lambda g: {**t100(g), "optimizer": _optimizer(g, betas=(5.0, 0.999))}), "resume")
+    add("NaN in the optimizer state", r"optimizer state exp_avg .* or holds NaN/inf",
+        _save(lambda g: {**t100(g), "optimizer": _optimizer(g, exp_avg=float("nan"))}), "resume")
+    add("optimizer state of the wrong shape", r"optimizer state exp_avg \(3,\) does not fit",
+        _save(lambda g: {**t100(g), "optimizer": _optimizer(g, exp_avg=torch.zeros(3))}), "resume")
     add("garbage RNG state", r"unusable RNG state",
         _save(lambda g: {**t100(g), "rng": {"torch": torch.zeros(3, dtype=torch.uint8)}}), "resume")
     add("resumed weights holding inf", r"NaN/inf values in conv_out\.weight",
