@@ -73,6 +73,13 @@ def test_every_flag_parses_into_the_config():
         (False, 2.5, 1, 9)
 
 
+def test_a_time_budget_alone_is_not_cut_short_by_the_default_epochs():
+    assert cli.build_configs(parse()[1])[0].num_epochs == 8
+    assert cli.build_configs(parse("--max-minutes", "15")[1])[0].num_epochs == 2**31 - 1  # time ends the run
+    assert cli.build_configs(parse("--max-minutes", "15", "--num-epochs", "3")[1])[0].num_epochs == 3
+    assert cli.build_configs(parse("--max-steps", "10")[1])[0].num_epochs == 8
+
+
 def test_resume_alone_means_the_run_checkpoint():
     _, args = parse("--task-name", "runs/x", "--resume")
     assert cli.resume_path(args, cli.build_configs(args)[0]) == Path("runs/x/test_001.pth")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from common import argtypes as types
+from common.argtypes import MAX_INT
 from common.device import resolve_device
 from common.run_lock import RunLockedError
 from dataset import DEFAULT_DATA_PATH
@@ -49,7 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=_DEFAULTS.model, choices=sorted(PRESETS),
                    help="UNet preset: tiny (tests), small (CPU), base (GPU)")
     g.add_argument("--batch-size", type=types.positive_int, default=_DEFAULTS.batch_size, help="images per step")
-    g.add_argument("--num-epochs", type=int, default=_DEFAULTS.num_epochs, help="passes over the data")
+    g.add_argument("--num-epochs", type=int, default=None,
+                   help=f"passes over the data (default {_DEFAULTS.num_epochs}; with --max-minutes alone, as many as "
+                        "the time allows)")
     g.add_argument("--lr", type=float, default=_DEFAULTS.lr,
                    help="peak AdamW learning rate (after the linear warm-up)")
     g.add_argument("--lr-schedule", default=_DEFAULTS.lr_schedule, choices=LR_SCHEDULES,
@@ -162,6 +165,8 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, Di
                                            context_dim=model_config.context_dim or model_config.channels[-1])
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     values.update(data_path=str(args.data_path), cache=not args.no_cache, grad_clip=args.grad_clip or None)
+    if args.num_epochs is None:  # a time budget alone ends the run on time, not after the default epochs
+        values["num_epochs"] = MAX_INT if args.max_minutes is not None else _DEFAULTS.num_epochs
     train_config = TrainConfig(**values)  # validates every value, naming the field
     try:
         train_config.resolved_viz_t(diffusion_config.num_timesteps)

@@ -179,8 +179,9 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         total_steps = config.num_epochs * batches.steps_per_epoch
         last_step = min(total_steps, config.max_steps or total_steps)
         max_seconds = 60 * config.max_minutes if config.max_minutes is not None else math.inf
-        logger.info("training %s on %s: %d images, %d steps/epoch, until step %d; run folder %s", config.model,
-                    ctx.device, batches.num_samples, batches.steps_per_epoch, last_step, config.run_dir)
+        until = f"step {last_step}" + (f" or {config.max_minutes:g} minutes" if config.max_minutes else "")
+        logger.info("training %s on %s: %d images, %d steps/epoch, until %s; run folder %s", config.model,
+                    ctx.device, batches.num_samples, batches.steps_per_epoch, until, config.run_dir)
 
         def save(reason: str) -> int:
             if ctx.is_main:
