@@ -10,11 +10,11 @@ import argparse
 import logging
 import sys
 
-from evaluation import cli as eval_cli
-from training import cli as train_cli
-
 
 def build_parser() -> argparse.ArgumentParser:
+    from evaluation import cli as eval_cli  # imported here, so that a Ctrl-C while torch loads is handled below
+    from training import cli as train_cli
+
     parser = argparse.ArgumentParser(
         prog="main.py",
         description="Denoising Diffusion Probabilistic Models (Ho et al., 2020) on MNIST.",
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from evaluation import cli as eval_cli
+    from training import cli as train_cli
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -42,4 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C before training's own handler is installed (imports, set-up)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -32,10 +32,8 @@ from sampling import (
     SAMPLERS,
     NonFiniteSamplesError,
     SamplerConfig,
-    class_conditional_eps_fns,
     labels_in_rows,
-    model_eps_fn,
-    sample_images,
+    sample_model,
     save_grid_png,
     save_samples_npz,
     save_trajectory_gif,
@@ -214,9 +212,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         requested = labels_in_rows(classes, args.num_samples)
         guidance = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         logger.info("class-conditional: classes %s, guidance scale %g", classes, guidance)
-        eps_fn, batch_eps_fn = None, class_conditional_eps_fns(model, requested, guidance)
-    else:
-        eps_fn, batch_eps_fn = model_eps_fn(model), None
 
     out_dir = output_dir(args, parser)
     samples_dir = out_dir / "samples"
@@ -232,15 +227,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # ------------------------------------------------------------------ sample
     generator = torch.Generator().manual_seed(args.seed)  # CPU: the same noise on every device
     num_traj = min(16, args.num_samples)
-    size = model.config.image_size or 28  # checkpoints from before the size was recorded are MNIST
     start = time.perf_counter()
     try:
-        result = sample_images(
-            eps_fn, scheduler, args.num_samples, config,
-            image_shape=(model.config.im_channels, size, size), batch_size=args.batch_size, generator=generator,
-            device=device, trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
-            trajectory_images=num_traj, batch_eps_fn=batch_eps_fn,
-        )
+        result = sample_model(model, scheduler, args.num_samples, config, requested, guidance,
+                              batch_size=args.batch_size, generator=generator, device=device,
+                              trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
+                              trajectory_images=num_traj)
     except NonFiniteSamplesError as err:
         logger.error("%s: %s", ckpt_path, err)
         return EXIT_USER_ERROR

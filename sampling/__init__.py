@@ -1,6 +1,12 @@
 """Drawing images from a trained DDPM: the sampling loops and the files they write."""
 
-from sampling.guidance import DEFAULT_GUIDANCE_SCALE, class_conditional_eps_fns, guided_eps_fn, labels_in_rows
+from sampling.guidance import (
+    DEFAULT_GUIDANCE_SCALE,
+    class_conditional_eps_fns,
+    guided_eps_fn,
+    labels_in_rows,
+    sample_model,
+)
 from sampling.images import (
     load_samples_npz,
     make_grid,
@@ -45,6 +51,7 @@ __all__ = [
     "model_eps_fn",
     "run_chain",
     "sample_images",
+    "sample_model",
     "save_grid_png",
     "save_samples_npz",
     "save_trajectory_gif",

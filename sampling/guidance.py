@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from sampling.sampler import EpsFn
+from sampling.sampler import EpsFn, SamplerConfig, SampleResult, model_eps_fn, sample_images
 
 # Classifier-free guidance scale used when none is given: the best label accuracy / FID trade-off measured for
 # the shipped conditional checkpoint (README, "Class-conditional generation").
@@ -65,3 +65,18 @@ def labels_in_rows(classes: Sequence[int], num_samples: int) -> torch.Tensor:
         raise ValueError("need at least one class label")
     k = len(classes)
     return torch.tensor([classes[i * k // num_samples] for i in range(num_samples)], dtype=torch.long)
+
+
+def sample_model(model: nn.Module, scheduler, num_samples: int, config: SamplerConfig,
+                 labels: torch.Tensor | None = None, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+                 **kwargs) -> SampleResult:
+    """``num_samples`` images of the size the model records: unconditional, or for a class-conditional model
+    with class ``labels [num_samples]`` under guidance scale w. ``kwargs`` go to :func:`sampling.sample_images`
+    (generator, device, batch_size, trajectory_frames, ...)."""
+    c = model.config
+    size = c.image_size or 28  # checkpoints from before the size was recorded are MNIST
+    eps_fn, batch_eps_fn = model_eps_fn(model), None
+    if c.conditional:
+        eps_fn, batch_eps_fn = None, class_conditional_eps_fns(model, labels, guidance_scale)
+    return sample_images(eps_fn, scheduler, num_samples, config, image_shape=(c.im_channels, size, size),
+                         batch_eps_fn=batch_eps_fn, **kwargs)

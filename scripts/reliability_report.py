@@ -36,6 +36,7 @@ from fault_injection.divergence import check_divergence  # noqa: E402
 from fault_injection.hostile import CATALOGUE, check_hostile  # noqa: E402
 from fault_injection.kills import kill_and_resume  # noqa: E402
 from fault_injection.locks import check_kill_during_lock_creation, check_lock_race  # noqa: E402
+from fault_injection.mistakes import check_overwrites, check_silent_results  # noqa: E402
 from fault_injection.writes import WRITE_FAILURES, check_disk_full_during_training, check_failed_write  # noqa: E402
 
 DIVERGENCE_CASES = [  # (kind, at step, resumed at, extra flags): see tests/test_reliability.py
@@ -161,6 +162,18 @@ def locks(work: Path) -> Row:
                "a live run refusing a second one is in row 1", failures)
 
 
+def mistakes(work: Path, data: Path) -> list[Row]:
+    rows = []
+    for promise, check, folder in (("8. mistakes refused before they replace work", check_overwrites, "ow"),
+                                   ("9. no wrong result without a word", check_silent_results, "silent")):
+        t0 = time.monotonic()
+        outcomes = check(work / folder, data)
+        failures = [f"{o.name}: {o.detail[:200]}" for o in outcomes if not o.ok]
+        rows.append(Row(promise, sum(o.ok for o in outcomes), len(outcomes), "; ".join(o.name for o in outcomes),
+                        failures, time.monotonic() - t0))
+    return rows
+
+
 def _fresh(base: Path) -> Path:
     """A new empty folder under ``base`` that an unprivileged child can enter (see fault_injection.data)."""
     base.mkdir(parents=True, exist_ok=True)
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         data = write_digits(work / "data", per_class=16)  # 48 noisy 28×28 bars: 6 steps per epoch
         rows = [kills(work / "kills", data, args.kills, args.seed), failed_writes(work / "writes", data),
                 hostile(work, data), messy_data(work, args.bad_files, args.mutations, args.seed),
-                flags(work, data), divergence(work, data), locks(work)]
+                flags(work, data), divergence(work, data), locks(work), *mistakes(work, data)]
         for path in work.rglob("*"):  # unreadable test files must not stop the clean-up
             if not path.is_symlink():
                 path.chmod(0o755)

@@ -33,6 +33,7 @@ import torch
 
 import visualization as viz
 from common.checkpoint import build_model_from_checkpoint
+from common.device import DEVICES, resolve_device
 from dataset import DEFAULT_DATA_PATH
 from sampling import model_eps_fn, sample_images
 from scheduler import LinearNoiseScheduler
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="visualize_components.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help="default: cpu")
     parser.add_argument("--outdir", type=Path, default=REPO_ROOT / "artifacts",
                         help="folder for the PNGs (default: artifacts/)")
     parser.add_argument("--skip", nargs="+", default=[], metavar="NAME",
@@ -92,20 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--ckpt-file {args.ckpt_file} does not exist; train one with `python main.py "
                      "--train-ddpm-model` or leave the flag out to use the shipped checkpoint")
     return args
-
-
-def resolve_device(name: str) -> torch.device:
-    """``torch.device(name)``, refusing CUDA when this machine has none."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for but CUDA is not available on this machine "
-                         "(torch.cuda.is_available() is False); use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {name}: only cpu and cuda are supported")
-    return device
 
 
 def draw_reverse(outdir: Path, ckpt: Path, num_samples: int, seed: int, device: torch.device) -> list[Path]:

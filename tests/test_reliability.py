@@ -21,6 +21,7 @@ from fault_injection.divergence import check_divergence
 from fault_injection.hostile import CASES, check_hostile
 from fault_injection.kills import kill_and_resume
 from fault_injection.locks import check_kill_during_lock_creation, check_lock_race
+from fault_injection.mistakes import check_overwrites, check_silent_results
 from fault_injection.writes import WRITE_FAILURES, check_disk_full_during_training, check_failed_write
 
 from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -210,3 +211,29 @@ def test_a_held_lock_refuses_a_second_run_naming_the_holders_pid(tmp_path):
         holder.wait()
     with RunLock(tmp_path):  # the kernel dropped the killed holder's lock
         pass
+
+
+# ---------------------------------------------------------------------------------------------- 8, 9. mistakes
+@pytest.fixture(scope="module")
+def overwrites(tmp_path_factory, data48):
+    return {o.name: o for o in check_overwrites(tmp_path_factory.mktemp("overwrite"), data48)}
+
+
+@pytest.mark.parametrize("name", ["a new run into a folder holding a checkpoint",
+                                  "--resume of another run's checkpoint into it", "an export onto its own input",
+                                  "an export onto a resumable checkpoint", "an export onto a folder",
+                                  "an evaluation whose output is an existing file"])
+def test_a_mistake_never_replaces_work(overwrites, name):
+    assert overwrites[name].ok, overwrites[name].detail
+
+
+@pytest.fixture(scope="module")
+def silent(tmp_path_factory, data48):
+    return {o.name: o for o in check_silent_results(tmp_path_factory.mktemp("silent"), data48)}
+
+
+@pytest.mark.parametrize("name", ["--beta-end 0.3 (ᾱ_T underflows float32)", "--labels 0,1,2 with --num-samples 2",
+                                  "--weight-decay changed on --resume is applied",
+                                  "--skip-bad keeps the majority size when the first file is odd"])
+def test_no_wrong_result_without_a_word(silent, name):
+    assert silent[name].ok, silent[name].detail

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -319,6 +320,30 @@ def test_a_damaged_image_met_mid_epoch_keeps_the_steps_done_before_it(tmp_path, 
     assert str(bad) in caplog.text
     ckpt = load_checkpoint(run / "test_001.pth")
     assert (ckpt["step"], ckpt["data_offset"]) == (2, 16)
+
+
+def test_a_batch_larger_than_the_data_says_each_step_uses_all_of_it(tmp_path, data48, caplog):
+    assert entry.main(argv(tmp_path / "run", data48, "--batch-size", "100", "--max-steps", "2",
+                           "--final-samples", "0")) == 0
+    assert "the global batch of 100 is more than the 48 images: each step trains on all 48" in caplog.text
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["step"] for r in rows] == [2] and rows[0]["epoch"] == 2  # one step per epoch
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_two_ctrl_c_during_start_up_exit_130_without_a_traceback(tmp_path, data48, delay):
+    """Ctrl-C twice, 0.1 s apart, while torch is still loading (0.3 s) or during set-up (1.5 s)."""
+    proc = subprocess.Popen([sys.executable, "main.py", *argv(tmp_path / "run", data48, "--max-steps", "3")],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    for _ in range(2):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    _, err = proc.communicate(timeout=120)
+    # 130: stopped by the first or second Ctrl-C; −SIGINT: the second one came while the process was already
+    # exiting (a shell shows 130 for both); 0: it finished its 3 steps first
+    assert proc.returncode in (130, -signal.SIGINT, 0), err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
 
 
 def test_max_minutes_stops_with_a_checkpoint(tmp_path, data48):

@@ -35,18 +35,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from common.progress import progress_bar
 from sampling import (
-    DEFAULT_GUIDANCE_SCALE,
     DEFAULT_SAMPLER,
     DEFAULT_SAMPLER_STEPS,
     SamplerConfig,
-    class_conditional_eps_fns,
     labels_in_rows,
-    model_eps_fn,
-    sample_images,
+    sample_model,
     save_grid_png,
     save_samples_npz,
 )
-from sampling.images import to_uint8
+from sampling.images import make_grid, to_uint8
 from scheduler import LinearNoiseScheduler
 
 logger = logging.getLogger(__name__)
@@ -201,18 +198,11 @@ def make_frame(rows: list[torch.Tensor], title: str) -> np.ndarray:
 
     Returns uint8 [H, W] (grayscale) or [H, W, 3].
     """
-    tiles = [to_uint8(r) for r in rows]  # [B, H, W] (C = 1) or [B, H, W, 3]
-    B, h, w = tiles[0].shape[:3]
-    C = 1 if tiles[0].ndim == 3 else tiles[0].shape[3]
-    h, w = h * _SCALE, w * _SCALE
-    height = _TITLE_H + len(rows) * (h + _PAD) + _PAD
-    width = _LABEL_W + B * (w + _PAD) + _PAD
-    canvas = Image.new("L" if C == 1 else "RGB", (width, height), color=32)
-    for r, row in enumerate(tiles):
-        y = _TITLE_H + _PAD + r * (h + _PAD)
-        for b in range(B):
-            tile = Image.fromarray(row[b]).resize((w, h), Image.NEAREST)
-            canvas.paste(tile, (_LABEL_W + _PAD + b * (w + _PAD), y))
+    tiles = to_uint8(torch.cat(rows)).repeat(_SCALE, axis=1).repeat(_SCALE, axis=2)  # nearest-neighbour upscale
+    grid = make_grid(tiles, num_rows=len(rows), padding=_PAD, pad_value=32)  # one row per tensor
+    h, C = tiles.shape[1], 1 if tiles.ndim == 3 else 3
+    canvas = Image.new("L" if C == 1 else "RGB", (_LABEL_W + grid.shape[1], _TITLE_H + grid.shape[0]), color=32)
+    canvas.paste(Image.fromarray(grid), (_LABEL_W, _TITLE_H))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     draw.text((_PAD, 2), title, fill=255 if C == 1 else (255, 255, 255), font=font)
@@ -353,19 +343,12 @@ def draw_final_samples(model: torch.nn.Module, scheduler: LinearNoiseScheduler, 
     """What the trained model draws: ``num_samples`` images with the default sampler (a class-conditional model
     draws one class per grid row, at the default guidance scale) → ``out_dir/grid.png`` and ``samples.npz``."""
     config = SamplerConfig(DEFAULT_SAMPLER, min(DEFAULT_SAMPLER_STEPS, scheduler.num_timesteps))
-    size = model_config.image_size or 28
-    eps_fn = batch_eps_fn = labels = None
-    if model_config.conditional:
-        labels = labels_in_rows(list(range(model_config.num_classes)), num_samples)
-        batch_eps_fn = class_conditional_eps_fns(model, labels, DEFAULT_GUIDANCE_SCALE)
-    else:
-        eps_fn = model_eps_fn(model)
+    labels = labels_in_rows(list(range(model_config.num_classes)), num_samples) if model_config.conditional else None
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        result = sample_images(eps_fn, scheduler, num_samples, config, batch_eps_fn=batch_eps_fn, device=device,
-                               image_shape=(model_config.im_channels, size, size),
-                               generator=torch.Generator().manual_seed(seed))
+        result = sample_model(model, scheduler, num_samples, config, labels, device=device,
+                              generator=torch.Generator().manual_seed(seed))
     model.train(was_training)
     rows = model_config.num_classes if model_config.conditional else round(num_samples ** 0.5)
     grid = save_grid_png(result.images, out_dir / "grid.png", max(1, min(rows, num_samples)))
@@ -374,8 +357,6 @@ def draw_final_samples(model: torch.nn.Module, scheduler: LinearNoiseScheduler, 
                       "labels": labels.tolist() if labels is not None else None})
     logger.info("%d samples (%s, EMA weights) → %s", num_samples, config.describe(scheduler.num_timesteps), grid)
     return grid
-
-
 # ---------------------------------------------------------------------------------------------- the loop's view
 class Monitor:
     """The training loop's recorder: progress bar, log lines and metrics every ``log_every`` steps, TensorBoard,

@@ -306,6 +306,9 @@ def _set_up(config: TrainConfig, model_config: UNetConfig, diffusion_config: Dif
     if ctx.is_main:
         write_config_json(config.run_dir / "config.json",
                           _resolved_config(config, header, ctx, perf, state, resume_from))
+    if batches.num_samples < batches.global_batch_size:
+        logger.warning("the global batch of %d is more than the %d images: each step trains on all %d",
+                       batches.global_batch_size, batches.num_samples, batches.num_samples)
     logger.info("device %s, world size %d, batch %d per rank × %d = %d global, precision %s, compile %s, "
                 "channels_last %s, %d CPU thread(s) per rank", ctx.device, ctx.world_size, config.batch_size,
                 ctx.world_size, batches.global_batch_size, perf.precision, perf.compile, perf.channels_last,
