@@ -21,7 +21,12 @@ from pathlib import Path
 class BadImageError(ValueError):
     """A single image file that cannot be used; ``path`` names it and ``reason`` says why."""
 
-    def __init__(self, path: str | Path, reason: str, fix: str = "") -> None:
+    def __init__(self, path: str | Path, reason: str | None = None, fix: str = "") -> None:
+        if reason is None:  # re-raised by a DataLoader worker as BadImageError(its traceback): keep the last line
+            message = str(path).strip().splitlines()[-1].partition("BadImageError: ")[2] or str(path)
+            self.path, self.reason = None, message
+            super().__init__(message)
+            return
         self.path = Path(path)
         self.reason = reason
         message = f"bad image file {self.path}: {reason}"

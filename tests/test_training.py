@@ -306,7 +306,8 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path, data48):
     assert signal.getsignal(signal.SIGINT) is handler_before  # restored
 
 
-def test_a_damaged_image_met_mid_epoch_keeps_the_steps_done_before_it(tmp_path, data48, caplog):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_damaged_image_met_mid_epoch_keeps_the_steps_done_before_it(tmp_path, data48, caplog, workers):
     """--no-cache reads pixels when a batch needs them: a file whose header is fine but whose pixel data is cut
     short fails in step 3 (its sample is in the third batch); the checkpoint then holds steps 1-2."""
     data = tmp_path / "data"
@@ -316,7 +317,8 @@ def test_a_damaged_image_met_mid_epoch_keeps_the_steps_done_before_it(tmp_path, 
     bad = data / str(index // 16) / f"{index % 16}.png"  # sorted by class, then naturally by file name
     bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) * 2 // 3])
     run = tmp_path / "run"
-    assert entry.main(argv(run, data, "--no-cache", "--ckpt-every", "100", "--num-epochs", "1")) == 2
+    assert entry.main(argv(run, data, "--no-cache", "--num-workers", workers, "--ckpt-every", "100",
+                           "--num-epochs", "1")) == 2
     assert str(bad) in caplog.text
     ckpt = load_checkpoint(run / "test_001.pth")
     assert (ckpt["step"], ckpt["data_offset"]) == (2, 16)
