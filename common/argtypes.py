@@ -1,8 +1,6 @@
-"""argparse value types for the command line: numbers checked against their bounds when the flag is parsed,
-so that an impossible value is a one-line usage error (exit 2) before any work or any file is written.
-
-Shared by ``training/cli.py`` and ``evaluation/cli.py``.
-"""
+"""argparse value types for the flags no config dataclass validates (those shared by both modes, and
+evaluation's): numbers checked against their bounds when parsed, so that an impossible value is a one-line usage
+error (exit 2) before any work. The training-only values are validated once, by :class:`training.TrainConfig`."""
 
 from __future__ import annotations
 
@@ -13,7 +11,6 @@ from collections.abc import Callable
 
 MAX_INT = 2**31 - 1  # counts and sizes beyond this are typos, and would overflow downstream (e.g. randperm)
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
-MAX_TIMESTEPS = 100_000  # T; the schedule is allocated up front
 MAX_WORKERS = 4 * (os.cpu_count() or 1)  # DataLoader workers / threads: more only spawns processes until OOM
 
 
@@ -54,18 +51,8 @@ def number(kind: type, low: float, high: float, low_open: bool = False, high_ope
 
 
 positive_int = number(int, 1, MAX_INT, capped=True, must="be a positive integer")
-non_negative_int = number(int, 0, MAX_INT, capped=True, must="be an integer >= 0")
 seed = number(int, 0, MAX_SEED, capped=True, must="be an integer >= 0")
-num_timesteps = number(int, 1, MAX_TIMESTEPS, capped=True, must="be a positive integer")
 workers = number(int, 0, MAX_WORKERS, capped=True, must="be an integer >= 0", hint=" (at most 4 per CPU core)")
-timestep_or_last = number(int, -1, MAX_TIMESTEPS, capped=True, must="be -1 (the last step) or a timestep >= 0")
-positive_float = number(float, 0, math.inf, low_open=True, high_open=True, must="be a positive number")
-non_negative_float = number(float, 0, math.inf, high_open=True, must="be a number >= 0")
-learning_rate = number(float, 0, 1, low_open=True, capped=True, must="be a positive number")
-probability = number(float, 0, 1, high_open=True)  # also an EMA decay
-ema_gamma = number(float, 0, 1000, capped=True, must="be a number >= 0")  # σ_rel ≈ 0.03 at 1000; larger is a typo
-snr_gamma = number(float, 0, 1e6, low_open=True, capped=True, must="be a positive number")
-unit_interval = number(float, 0, 1, low_open=True, high_open=True, must="lie strictly between 0 and 1")  # β
 
 
 def extension_list(text: str) -> tuple[str, ...]:
