@@ -43,7 +43,7 @@ ACCEPTED_BY_DESIGN: dict[tuple[str, str], str] = {
 }
 
 # Values that once passed the parser and config validation although they cannot work (they crashed, hung or
-# only failed after the run folder existed), each with what it did. Now rejected up front (training/argtypes.py,
+# only failed after the run folder existed), each with what it did. Now rejected up front (common/argtypes.py,
 # TrainConfig.validate); kept as regression cases with their own test.
 KNOWN_UNREJECTED: dict[tuple[str, str], str] = {
     **{(f, HUGE_INT): "no upper bound: ints beyond 2**31-1 overflow torch (seed: 2**63-1) or mean nothing"
