@@ -3,14 +3,17 @@
     python benchmarks/bench_samplers.py                                   # checkpoints/mnist_small.pth, N = 1000
     python benchmarks/bench_samplers.py --with-ddpm-1000 --num-threads 1  # also the full 1000-step chain
     python benchmarks/bench_samplers.py --samplers dpm-solver++:10 ddim:10 --num-samples 10000 --reuse
+    python benchmarks/bench_samplers.py --samplers ddpm:50 ddim:50 --num-samples 1000 10000   # one draw, two Ns
 
 Default settings: DDIM-50 at η ∈ {0, 0.5, 1}, DDPM respaced to 50/100/250 steps (Nichol & Dhariwal 2021),
 DPM-Solver++(2M) at 10/20 steps; ``--with-ddpm-1000`` adds full DDPM (T network calls per image: slow on a CPU).
-Each sampler draws ``--num-samples`` images from one seed (timed: images/s on this device and thread count),
-saved to ``<out-dir>/samples_<label>.npz`` (``--reuse`` takes them from there on a later run), and is scored
-by :func:`evaluation.metrics.compute_metrics` — the numbers ``main.py --eval-ddpm-model --metrics`` prints:
-classifier-FID against the MNIST test set with its real-vs-real floor at the same N, and precision/recall
-(k = 3) against N test digits, whose real-data values (N training digits) form the table's first row.
+Each sampler draws max(``--num-samples``) images from one seed (timed: images/s on this device and thread
+count), saved to ``<out-dir>/samples_<label>.npz`` (``--reuse`` takes them from there on a later run), and its
+first N are scored for each N by :func:`evaluation.metrics.compute_metrics` — the numbers ``main.py
+--eval-ddpm-model --metrics`` prints: classifier-FID against the MNIST test set with its real-vs-real floor at
+the same N, precision/recall (k = 3) against N test digits (the real digits' own values head the table), the
+classifier score, and the fraction of samples closer to a training digit than 95 % of test digits are (≈ 0.05
+for a model that does not copy).
 
 Output: a Markdown table on stdout and in ``<out-dir>/bench.md``; every metric in ``<out-dir>/bench.json``.
 """
@@ -40,7 +43,8 @@ DEFAULT_SAMPLERS = ("ddim:50:0", "ddim:50:0.5", "ddim:50:1", "ddpm:50", "ddpm:10
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt-file", type=Path, default=DEFAULT_CKPT)
-    parser.add_argument("--num-samples", type=int, default=1000, help="images per sampler (FID, precision/recall N)")
+    parser.add_argument("--num-samples", type=int, nargs="+", default=[1000],
+                        help="N: images scored per sampler (one draw of the largest N serves every N)")
     parser.add_argument("--samplers", type=parse_sampler, nargs="+",
                         default=[parse_sampler(s) for s in DEFAULT_SAMPLERS], help=SAMPLER_SPEC)
     parser.add_argument("--with-ddpm-1000", action="store_true", help="also run full DDPM (T network calls/image)")
@@ -54,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_samplers"))
     parser.add_argument("--reuse", action="store_true", help="reuse samples saved by an earlier run in --out-dir")
     args = parser.parse_args(argv)
-    if not 2 <= args.num_samples <= MAX_METRIC_SAMPLES or args.batch_size < 1:
+    if not all(2 <= n <= MAX_METRIC_SAMPLES for n in args.num_samples) or args.batch_size < 1:
         parser.error(f"--num-samples must lie in [2, {MAX_METRIC_SAMPLES}] and --batch-size be >= 1")
     if not args.ckpt_file.is_file():
         parser.error(f"checkpoint {args.ckpt_file} not found (train one, or pass --ckpt-file)")
@@ -67,18 +71,21 @@ def _fmt(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def markdown_table(rows: list[dict], n: int) -> str:
-    """One line per sampler, after the real digits' own precision/recall (the floor)."""
-    head = ["sampler", "steps (NFE)", "images/s", "classifier-FID", "real floor (same N)", "precision", "recall"]
+def markdown_table(rows: list[dict]) -> str:
+    """One line per sampler and N, after the real digits' own values at each N (the floor)."""
+    head = ["sampler", "N", "steps (NFE)", "images/s", "classifier-FID", "real floor (same N)", "precision", "recall",
+            "score", "memorised"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    if rows:  # N training digits scored like samples: the best a sampler can do at this N
-        m = next((r for r in rows if r["num_samples"] == n), rows[0])["metrics"]
-        lines.append(f"| real digits (N={m['num_samples']}) | – | – | {m['fid_real_floor']:.2f} | "
-                     f"{m['fid_real_floor']:.2f} | {_fmt(m['precision_real'], 3)} | {_fmt(m['recall_real'], 3)} |")
+    for n in sorted({r["num_samples"] for r in rows}):  # N training digits scored like samples
+        m = next(r for r in rows if r["num_samples"] == n)["metrics"]
+        lines.append(f"| real digits | {n} | – | – | {m['fid_real_floor']:.2f} | {m['fid_real_floor']:.2f} | "
+                     f"{_fmt(m['precision_real'], 3)} | {_fmt(m['recall_real'], 3)} | "
+                     f"{m['classifier_score_real']:.2f} | {m['memorisation']['expected_fraction_for_real']:.3f} |")
     for r in rows:
         m = r["metrics"]
-        cells = [r["sampler"], str(r["num_function_evals"]), f"{r['images_per_second']:.2f}", f"{m['fid']:.2f}",
-                 f"{m['fid_real_floor']:.2f}", _fmt(m["precision"], 3), _fmt(m["recall"], 3)]
+        cells = [r["sampler"], str(r["num_samples"]), str(r["num_function_evals"]), f"{r['images_per_second']:.2f}",
+                 f"{m['fid']:.2f}", f"{m['fid_real_floor']:.2f}", _fmt(m["precision"], 3), _fmt(m["recall"], 3),
+                 f"{m['classifier_score']:.2f}", f"{m['memorisation']['fraction_below_threshold']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -103,23 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for config, cap in args.samplers:
-        n = args.num_samples if cap is None else min(cap, args.num_samples)
-        images, meta = draw_or_reuse(model, scheduler, config, n, seed=args.seed, batch_size=args.batch_size,
+        n_draw = max(args.num_samples) if cap is None else min(cap, max(args.num_samples))
+        images, meta = draw_or_reuse(model, scheduler, config, n_draw, seed=args.seed, batch_size=args.batch_size,
                                      out_dir=args.out_dir, ckpt_sha=ckpt_sha, reuse=args.reuse)
-        metrics = compute_metrics(images[:n], classifier, train_images, test_images, metrics_config)
-        rows.append({"sampler": meta["sampler"], "config": config.to_dict(), "num_samples": n,
-                     "num_function_evals": meta["num_function_evals"],
-                     "images_per_second": meta["images_per_second"], "metrics": metrics})
-        logger.info("%s: FID %.2f (floor %.2f), precision %s, recall %s", meta["sampler"], metrics["fid"],
-                    metrics["fid_real_floor"], metrics["precision"], metrics["recall"])
+        for n in sorted({min(n, n_draw) for n in args.num_samples}):
+            metrics = compute_metrics(images[:n], classifier, train_images, test_images, metrics_config)
+            rows.append({"sampler": meta["sampler"], "config": config.to_dict(), "num_samples": n,
+                         "num_function_evals": meta["num_function_evals"],
+                         "images_per_second": meta["images_per_second"], "metrics": metrics})
+            logger.info("%s, N = %d: FID %.2f (floor %.2f), precision %s, recall %s", meta["sampler"], n,
+                        metrics["fid"], metrics["fid_real_floor"], metrics["precision"], metrics["recall"])
 
-    mixed_n = len({r["num_samples"] for r in rows}) > 1
     note = (f"checkpoint {args.ckpt_file} (sha256 {ckpt_sha[:12]}…, {weights} weights, "
             f"T={T}), classifier sha256 {clf_meta['sha256'][:12]}… (test accuracy {clf_meta.get('test_accuracy')}), "
-            f"N = {args.num_samples} per sampler{' (less where capped with @)' if mixed_n else ''}, device "
+            f"N = {', '.join(map(str, args.num_samples))} per sampler (less where capped with @), device "
             f"{args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}, seed {args.seed}; "
             f"precision/recall k = {metrics_config.pr_k} against N MNIST test digits")
-    table = markdown_table(rows, args.num_samples) + "\n\n" + note + "\n"
+    table = markdown_table(rows) + "\n\n" + note + "\n"
     print(table)
     (args.out_dir / "bench.md").write_text(table)
     (args.out_dir / "bench.json").write_text(json.dumps(
