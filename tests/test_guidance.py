@@ -13,7 +13,15 @@ import torch
 import main
 from evaluation.metrics import label_accuracy
 from models import UNet
-from sampling import SamplerConfig, class_conditional_eps_fns, guided_eps_fn, labels_in_rows, sample_images
+from sampling import (
+    SamplerConfig,
+    class_conditional_eps_fns,
+    guided_eps_fn,
+    labels_in_rows,
+    model_eps_fn,
+    sample_images,
+    sample_model,
+)
 from scheduler import DiffusionConfig, LinearNoiseScheduler
 
 T = 20
@@ -67,6 +75,24 @@ def test_per_batch_labels_reach_the_sampler(cond_model):
     second = sample_images(guided_eps_fn(cond_model, labels[2:], 2.0), sched, 2, config, batch_size=2,
                            generator=generator, progress=False)
     assert torch.allclose(all_at_once.images, torch.cat([first.images, second.images]), atol=1e-6)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_sample_model_draws_the_models_size_with_its_labels_and_guidance(cond_model, conditional):
+    """What both the end-of-training samples and --eval-ddpm-model call: the recorded image size, and for a
+    conditional model each sample's label at the given guidance scale."""
+    sched, config = LinearNoiseScheduler(T), SamplerConfig("ddim", num_steps=4)
+    torch.manual_seed(1)
+    plain = UNet.from_preset("tiny", image_size=20, zero_init=False).eval()
+    model, labels = (cond_model, torch.tensor([1, 1, 6])) if conditional else (plain, None)
+    drawn = sample_model(model, sched, 3, config, labels, 3.0, generator=torch.Generator().manual_seed(5),
+                         progress=False)
+    eps_fn = guided_eps_fn(model, labels, 3.0) if conditional else model_eps_fn(model)
+    size = 28 if conditional else 20
+    expected = sample_images(eps_fn, sched, 3, config, image_shape=(1, size, size),
+                             generator=torch.Generator().manual_seed(5), progress=False)
+    assert drawn.images.shape == (3, 1, size, size)
+    torch.testing.assert_close(drawn.images, expected.images)
 
 
 def test_label_accuracy():
