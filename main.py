@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds like Ctrl-C, with its message
     try:
         sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C before training's own handler is installed (imports, set-up)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before training's own handler is installed (imports, set-up)
         print("interrupted", file=sys.stderr)
         sys.exit(130)
