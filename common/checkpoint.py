@@ -253,7 +253,8 @@ def _fit_problems(expected: dict, state_dict: dict) -> list[str]:
         problems.append(f"unexpected keys: {_names(unexpected)}")
     if mismatched:
         problems.append(f"mismatch: {_names(mismatched)}")
-        return problems  # the values of tensors that do not fit are not looked at
+    if problems:
+        return problems  # values are only looked at in a state dict whose every tensor fits the model
     non_finite = _non_finite_keys(state_dict)
     if non_finite:
         problems.append(f"NaN/inf values in {_names(non_finite)} (saved from a diverged run?)")

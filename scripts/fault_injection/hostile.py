@@ -180,6 +180,10 @@ def _catalogue() -> list[HostileCase]:
         _save(lambda g: {**g, "ema": {**g["ema"], "extra.weight": torch.zeros(1)}}))
     add("state dict: a wrong shape", r"mismatch: conv_out\.weight \(1, 8, 5, 5\) vs model \(1, 8, 3, 3\)",
         _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": torch.zeros(1, 8, 5, 5)}}))
+    add("state dict: an extra key holding a string", r"unexpected keys: extra\.weight",
+        _save(lambda g: {**g, "ema": {**g["ema"], "extra.weight": "pwn"}}))
+    add("state dict: an extra zero-stride tensor of 10^11 values", r"unexpected keys: extra\.weight",
+        _save(lambda g: {**g, "ema": {**g["ema"], "extra.weight": torch.zeros(1).expand(10**6, 10**5)}}))
     add("state dict: a string for a tensor", r"conv_out\.weight is a str, not a tensor",
         _save(lambda g: {**g, "ema": {**g["ema"], "conv_out.weight": "pwn"}}))
     add("weights holding NaN", r"NaN/inf values in conv_out\.weight",
