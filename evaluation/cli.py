@@ -50,7 +50,6 @@ EXIT_OK, EXIT_USER_ERROR = 0, 2
 MAX_METRIC_SAMPLES = 60_000  # MNIST training digits available for the FID floor
 TRAIN_HINT = "python main.py --train-ddpm-model --task-name runs/mnist_ddpm"
 GUIDANCE_SCALE = types.number(float, 0, 50, hint=" (0: unconditional, 1: conditional, >1: guided)")
-ETA = types.number(float, 0, 1, hint=" (0: deterministic DDIM, 1: DDPM-like)")
 
 
 # ---------------------------------------------------------------------------------------------- value types
@@ -94,7 +93,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="network calls per image: ddpm in [1, T] (default T, the full chain), ddim in [1, T] "
                         f"(default {DEFAULT_STEPS['ddim']}), dpm-solver++ in [1, T-1] "
                         f"(default {DEFAULT_STEPS['dpm-solver++']})")
-    g.add_argument("--eta", type=ETA, default=None,
+    g.add_argument("--eta", type=float, default=None,
                    help="DDIM η in [0, 1]: 0 deterministic (default), 1 DDPM-like noise")
     g.add_argument("--ddim-spacing", choices=SPACINGS, default=None,
                    help="how DDIM and respaced DDPM pick their timesteps (default trailing; see scheduler/ddim.py)")
@@ -132,7 +131,8 @@ def output_dir(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pat
 
 
 def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SamplerConfig:
-    """The :class:`SamplerConfig` the flags ask for; flags that do not apply to --sampler are errors."""
+    """The :class:`SamplerConfig` the flags ask for (it validates their values); flags that do not apply to
+    --sampler are errors."""
     name = args.sampler or DEFAULT_SAMPLER
     steps = args.sample_steps
     if args.sampler is None and steps is None:

@@ -92,9 +92,9 @@ class SamplerConfig:
         if self.num_steps is not None and (
             isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int) or self.num_steps < 1
         ):
-            raise ValueError(f"num_steps must be a positive int or None, got {self.num_steps!r}")
+            raise ValueError(f"num_steps (--sample-steps) must be a positive int or None, got {self.num_steps!r}")
         if not 0.0 <= float(self.eta) <= 1.0:
-            raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
+            raise ValueError(f"eta (--eta) must lie in [0, 1], got {self.eta}")
         if self.name == "ddpm" and self.eta != 0.0:
             raise ValueError("eta only applies to DDIM; DDPM's reverse variance is fixed to β̃_t (use --sampler ddim)")
         if self.name == "dpm-solver++" and self.eta != 0.0:

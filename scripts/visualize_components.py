@@ -35,7 +35,7 @@ import visualization as viz
 from common.checkpoint import build_model_from_checkpoint
 from common.device import DEVICES, resolve_device
 from dataset import DEFAULT_DATA_PATH
-from sampling import model_eps_fn, sample_images
+from sampling import SamplerConfig, sample_model
 from scheduler import LinearNoiseScheduler
 from visualization.plotting import seeded_init
 
@@ -45,7 +45,6 @@ GROUPS = ("time", "mhsa", "mhca", "down", "bottleneck", "upsample", "unet", "mni
           "reverse")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CKPT = REPO_ROOT / "checkpoints" / "mnist_small.pth"
-MNIST_SIZE = 28  # checkpoints do not store the image size; every model here is trained on 28×28 MNIST
 REVERSE_FRAMES = 9  # trajectory snapshots, evenly spaced over the T sampling steps
 
 
@@ -100,16 +99,12 @@ def draw_reverse(outdir: Path, ckpt: Path, num_samples: int, seed: int, device: 
     trajectory."""
     with seeded_init(seed):  # the UNet's throw-away initial weights must not draw from the global RNG
         model, scheduler, ckpt_dict = build_model_from_checkpoint(ckpt, use_ema=True, device=device)
-    eps_fn, names = model_eps_fn(model), None
-    if model.config.conditional:  # one digit per image: 0, 1, 2, …, without guidance
-        labels = torch.arange(num_samples, device=device) % model.config.num_classes
-        with torch.no_grad():
-            context = model.label_context(labels)  # (n, label_tokens, context_dim)
-        eps_fn = lambda x_t, t: model(x_t, t, context)  # noqa: E731
+    labels = names = None
+    if model.config.conditional:  # one digit per image: 0, 1, 2, …, conditional without guidance (w = 1)
+        labels = torch.arange(num_samples) % model.config.num_classes
         names = [f"label {int(label)}" for label in labels]
-    result = sample_images(
-        eps_fn, scheduler, num_samples,
-        image_shape=(model.config.im_channels, MNIST_SIZE, MNIST_SIZE), batch_size=num_samples,
+    result = sample_model(
+        model, scheduler, num_samples, SamplerConfig("ddpm"), labels, guidance_scale=1.0, batch_size=num_samples,
         generator=torch.Generator().manual_seed(seed), device=device,
         trajectory_frames=REVERSE_FRAMES, trajectory_images=num_samples, progress=True,
     )

@@ -68,13 +68,22 @@ def test_default_sampler_is_one_constant():
     assert eval_cli.sampler_config(args, parser) == SamplerConfig("ddpm")
 
 
-@pytest.mark.parametrize("flags", [["--num-samples", "0"], ["--eta", "1.5"], ["--eta", "nan"], ["--eta", "x"],
-                                   ["--sample-steps", "0"], ["--sampler", "euler"], ["--num-grid-rows", "-2"]])
+@pytest.mark.parametrize("flags", [["--num-samples", "0"], ["--eta", "x"], ["--sample-steps", "0"],
+                                   ["--sampler", "euler"], ["--num-grid-rows", "-2"]])
 def test_parser_rejects_bad_values(flags, capsys):
     with pytest.raises(SystemExit) as exc:
         main.build_parser().parse_args(["--eval-ddpm-model", *flags])
     assert exc.value.code == 2
     assert flags[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["--eta", "1.5"], ["--eta", "nan"], ["--sampler", "ddim", "--eta", "-0.1"]])
+def test_eta_is_validated_once_by_sampler_config(flags, capsys):
+    parser = main.build_parser()
+    with pytest.raises(SystemExit) as exc:
+        eval_cli.sampler_config(parser.parse_args(["--eval-ddpm-model", *flags]), parser)
+    assert exc.value.code == 2
+    assert flags[-2] in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------- sampling runs

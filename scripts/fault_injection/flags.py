@@ -1,8 +1,9 @@
 """Promise 5: every numeric flag of ``main.py`` — found by introspecting the parser, so new flags are covered —
 is tried with 0, a negative, a huge and non-numeric values (plus a few big-but-finite values and checkpoint
 names that collide with the run folder's own files). Each must be rejected by the parser or the config
-validation with a message and exit code 2, no traceback, and no run folder created; the few values that are
-meaningful (``--seed 0``, ``--grad-clip 0``, …) are listed in :data:`ACCEPTED_BY_DESIGN` with the reason.
+validation (``build_configs``, ``SamplerConfig``) with a message and exit code 2, no traceback, and no run
+folder created; the few values that are meaningful (``--seed 0``, ``--grad-clip 0``, …) are listed in
+:data:`ACCEPTED_BY_DESIGN` with the reason.
 
 A value that passes the parser is never run here: it could start a real training (or allocate T=10⁹ floats).
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import main as entry
 from fault_injection import train_argv
+from evaluation import cli as eval_cli
 from training import cli
 
 HUGE_INT = "1" + "0" * 30
@@ -135,12 +137,16 @@ def try_flag(flag: str, value: str, work: Path, data: Path) -> FlagOutcome:
     mode = _mode(flag)
     run = work / f"run_{abs(hash((flag, value)))}"
     args = [mode, "--task-name", str(run), "--data-path", str(data), "--model", "tiny", f"{flag}={value}"]
+    if mode == "--eval-ddpm-model":
+        args[1:1] = ["--sampler", "ddim"]  # the sampler every evaluation flag applies to (--eta is DDIM's)
     parser, err = entry.build_parser(), io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
             parsed = parser.parse_args(args)
             if mode == "--train-ddpm-model":
                 cli.build_configs(parsed)
+            else:
+                eval_cli.sampler_config(parsed, parser)
             return FlagOutcome(flag, value, False, False, not run.exists(), "accepted")
         except (SystemExit, ValueError):
             pass
