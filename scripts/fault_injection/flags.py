@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import main as entry
-from fault_injection import train_argv
 from evaluation import cli as eval_cli
+from fault_injection import train_argv
 from training import cli
 
 HUGE_INT = "1" + "0" * 30
