@@ -1,6 +1,5 @@
-"""argparse value types for the flags no config dataclass validates (those shared by both modes, and
-evaluation's): numbers checked against their bounds when parsed, so that an impossible value is a one-line usage
-error (exit 2) before any work. The training-only values are validated once, by :class:`training.TrainConfig`."""
+"""argparse value types for the flags no config dataclass validates: bounds are checked when parsed, so that an
+impossible value is a one-line usage error (exit 2) before any work."""
 
 from __future__ import annotations
 
@@ -24,23 +23,22 @@ def _parse(text: str, kind: type) -> int | float:
     return value
 
 
-def number(kind: type, low: float, high: float, low_open: bool = False, high_open: bool = False,
-           must: str | None = None, hint: str = "", capped: bool = False) -> Callable[[str], int | float]:
-    """A type that parses ``kind`` (int or float) and requires it to lie between ``low`` and ``high``
-    (inclusive unless ``low_open``/``high_open``).
+def number(kind: type, low: float, high: float, must: str | None = None, hint: str = "",
+           capped: bool = False) -> Callable[[str], int | float]:
+    """A type that parses ``kind`` (int or float) and requires ``low <= value <= high``.
 
     ``must`` phrases the requirement for the error message ("be a positive integer"); by default the
     interval itself. With ``capped``, ``high`` is a sanity cap that ``must`` does not mention, and a value
     above it gets "must be at most …".
     """
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    interval = f"[{low}, {high}]"
     requirement = must or f"lie in {interval}"
 
     def parse(text: str) -> int | float:
         value = _parse(text, kind)
-        if value <= low if low_open else value < low:
+        if value < low:
             raise argparse.ArgumentTypeError(f"must {requirement}{hint}, got {text}")
-        if value >= high if high_open else value > high:
+        if value > high:
             if capped:
                 raise argparse.ArgumentTypeError(f"must be at most {high}{hint}, got {text}")
             raise argparse.ArgumentTypeError(f"must {requirement}{hint}, got {text}")

@@ -13,7 +13,7 @@ train_config        ``TrainConfig.to_dict()``
 model               the trained weights (state dict)
 ema                 the EMA weights used for sampling (state dict), or ``None``
 optimizer           AdamW state dict (``None`` in a sampling-only export)
-grad_scaler         the fp16 loss scaler's state, ``None`` for fp32/bf16 runs (absent in older checkpoints)
+grad_scaler         the fp16 loss scaler's state, ``None`` for fp32/bf16 runs (may be absent)
 step                optimizer steps done
 epoch               epochs completed; the epoch in progress has 0-based index ``epoch``
 data_offset         samples of epoch ``epoch``'s permutation already consumed (exact mid-epoch resume)
@@ -134,8 +134,8 @@ def remove_stale_temp_files(path: str | Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
-    """Read and check a checkpoint; always ``weights_only=True``.
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint onto the CPU, always with ``weights_only=True``, and check it.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -153,7 +153,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it better
             warnings.simplefilter("ignore", UserWarning)
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # the safe loader refused the file before running anything in it
         if "GLOBAL" in str(err):
             raise CheckpointError(
@@ -305,7 +305,7 @@ def build_model_from_checkpoint(
     ``use_ema`` loads the EMA weights (what sampling should use); a checkpoint without them falls back to
     ``"model"`` and logs it. The weights are checked against the config before the model is allocated.
     ``channels_last`` lays the convolution weights out NHWC, as training does: oneDNN's and cuDNN's NHWC
-    kernels are the fast ones (small, DDIM-50 on 2 CPU cores: see benchmarks/RESULTS.md). Inputs may stay NCHW.
+    kernels are the fast ones (see benchmarks/RESULTS.md). Inputs may stay NCHW.
     """
     ckpt, source = _as_checkpoint(ckpt_or_path)
     model_config, diffusion_config = configs_from_checkpoint(ckpt, source)

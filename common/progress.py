@@ -1,12 +1,8 @@
 """Progress for long work that reads well on a terminal *and* in a log file.
 
-On a terminal (stderr is a TTY) this is a plain tqdm bar. Under ``nohup``, in CI or on a cluster, stderr is a
-file, where a tqdm bar becomes hundreds of carriage-return updates glued onto one line; there the same bar
-instead writes one ordinary log line at most every ``LOG_INTERVAL_S`` seconds, and one when it ends::
-
-    INFO common.progress: sampling ddim-50: 500/1000 (50%) [00:22<00:22, 22.4 img/s]
-
-Callers use the tqdm API (``update``, ``set_postfix``, ``close``, iteration, ``with``) either way.
+On a terminal (stderr is a TTY) this is a plain tqdm bar. Where stderr is a file (``nohup``, CI, a cluster), a
+tqdm bar becomes hundreds of carriage-return updates glued onto one line, so there the same bar logs one INFO
+line at most every ``LOG_INTERVAL_S`` seconds, and one when it ends. Callers use the tqdm API either way.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """One live training run per folder: an exclusive ``fcntl.flock`` on ``task_name/.lock``.
 
-The kernel releases the lock when its process exits, however it exits (Ctrl-C, SIGKILL, a crash), so a killed
-run never blocks the next one and nothing needs cleaning up; the file stays, holding the last owner's PID for the
-message a second run gets. flock is advisory: it keeps a second run of this program out of the folder, which is
-its purpose.
+The kernel releases the lock however its process exits (Ctrl-C, SIGKILL, a crash), so a killed run never blocks
+the next one; the file stays, holding the last owner's PID for the message a second run gets. flock is advisory,
+which is enough: it keeps a second run of this program out of the folder.
 """
 
 from __future__ import annotations

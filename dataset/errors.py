@@ -1,16 +1,6 @@
-"""Exceptions raised for bad input data.
+"""Exceptions for bad input data; ``ValueError`` subclasses, so ``except ValueError`` catches them too.
 
-Both are ``ValueError`` subclasses, so callers that only know the house rule ("bad user input raises
-ValueError") still catch them; a missing file or folder raises the built-in ``FileNotFoundError``.
-
-* :class:`BadImageError` -- one file that cannot be used as an image: not decodable, truncated, not an
-  image at all despite its extension, the wrong size, unreadable (permission denied), a broken
-  symlink, a symlink loop, or not a regular file (a FIFO, socket or device).
-  ``MNISTDataset(skip_bad=True)`` skips exactly these.
-* :class:`DatasetLayoutError` -- the folder structure is wrong: no class folders, a class folder
-  without images, a folder that cannot be listed.
-* :class:`IDXFormatError` -- an IDX file (gzip or plain) that is malformed, truncated, of the wrong
-  kind, or whose md5 does not match.
+A missing file or folder raises the built-in ``FileNotFoundError`` instead.
 """
 
 from __future__ import annotations
@@ -19,7 +9,8 @@ from pathlib import Path
 
 
 class BadImageError(ValueError):
-    """A single image file that cannot be used; ``path`` names it and ``reason`` says why."""
+    """One file that cannot be used as an image (undecodable, truncated, wrong size, unreadable, a broken symlink
+    or loop, not a regular file); ``path`` names it, ``reason`` says why. ``skip_bad=True`` skips exactly these."""
 
     def __init__(self, path: str | Path, reason: str | None = None, fix: str = "") -> None:
         if reason is None:  # re-raised by a DataLoader worker as BadImageError(its traceback): keep the last line
@@ -36,7 +27,7 @@ class BadImageError(ValueError):
 
 
 class DatasetLayoutError(ValueError):
-    """The folder tree does not have the ``root/<class>/<image>`` layout, or holds no images."""
+    """The folder tree does not have the ``root/<class>/<image>`` layout, holds no images, or cannot be listed."""
 
 
 class IDXFormatError(ValueError):

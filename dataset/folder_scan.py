@@ -1,20 +1,13 @@
-"""Finding the images of a class-folder tree ``root/<class>/<image>``.
+"""Listing a class-folder tree ``root/<class>/<image>`` (torchvision ``ImageFolder``'s rules where they overlap).
 
-Rules (the same as torchvision's ``ImageFolder`` where they overlap):
+* every visible sub-folder of ``root`` is a class, labelled 0, 1, ... in :func:`sort_class_names` order;
+* a class holds the files directly in its folder whose extension (case-insensitive) is in ``extensions``;
+* names starting with "." are ignored;
+* within a class, files are in :func:`natural_key` order (``2.png`` < ``10.png``), the same on every machine.
 
-* every visible sub-folder of ``root`` is a class, numbered 0, 1, ... in sorted order: by value when every
-  name is an integer (``0`` ... ``10`` get labels 0 ... 10, not the text order ``0, 1, 10, 2``), by name
-  otherwise (``cat``, ``dog``);
-* a class holds the files directly inside its folder whose extension (case-insensitive) is one of
-  ``extensions``; nested folders are not searched;
-* names starting with "." (hidden files and folders) and files with other extensions are ignored;
-* within a class, files are ordered by name with numbers compared as numbers (``2.png`` < ``10.png``),
-  so the order is the same on every machine.
-
-Symlinks are followed. A file that cannot be read (permission, broken symlink, symlink loop) is kept in
-the listing and reported as a :class:`~dataset.errors.BadImageError` when it is opened, so
-``skip_bad=True`` can skip it. A folder that cannot be listed, or a broken link in place of a class
-folder, raises :class:`~dataset.errors.DatasetLayoutError`.
+Symlinks are followed. An unreadable file stays in the listing so that opening it raises
+:class:`~dataset.errors.BadImageError` (which ``skip_bad=True`` can skip); an unlistable folder raises
+:class:`~dataset.errors.DatasetLayoutError`.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ IDX layout (http://yann.lecun.com/exdb/mnist/): a big-endian 4-byte magic ``0x00
 then one big-endian uint32 per dimension, then the raw values in C order. MNIST uses type 0x08
 (unsigned byte): images have magic 0x00000803 (N, 28, 28), labels 0x00000801 (N,).
 
-Files may be gzip-compressed (name ends in ``.gz``) or plain. md5 checks are on the bytes of the file
-as stored. A file is checked when its name is one of the eight known MNIST file names (four ``.gz`` and
-the same four decompressed) and not otherwise; ``verify=False`` skips the check (e.g. hand-made test files).
+Files may be gzip-compressed (``.gz``) or plain. The md5 of the stored bytes is checked for the eight known
+MNIST file names (:data:`KNOWN_MD5`) and no others; ``verify=False`` skips it.
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ MNIST_FILES: dict[str, tuple[str, str]] = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
-# file name -> md5 digests accepted for its bytes. The .gz files shipped in data/MNIST/raw were
-# compressed differently from the ones torchvision downloads (from yann.lecun.com or its mirror), so
-# both are accepted; the decompressed files are identical whatever their source.
+# file name -> accepted md5 digests. The shipped .gz files were compressed differently from the ones
+# torchvision downloads, so both are accepted; the decompressed files are identical.
 KNOWN_MD5: dict[str, tuple[str, ...]] = {
     # bundled copy, torchvision download
     "train-images-idx3-ubyte.gz": ("c7dfcf1bfd3481a40f7b3aedbdbd083c", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
@@ -81,8 +79,7 @@ def _read_bytes(path: Path, verify: bool) -> bytes:
 
 
 def read_idx(path: str | Path, *, verify: bool = True) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (type 0x08, all MNIST uses) into a uint8 array of its stored shape
-    (md5-checked, see module doc)."""
+    """An IDX file of unsigned bytes (type 0x08) as a uint8 array of its stored shape; md5 as the module doc says."""
     path = Path(path)
     data = _read_bytes(path, verify)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
@@ -142,10 +139,7 @@ def mnist_idx_paths(split: str, raw_dir: str | Path = DEFAULT_RAW_DIR) -> tuple[
 def load_mnist_idx(
     split: Literal["train", "test"], raw_dir: str | Path = DEFAULT_RAW_DIR, *, verify: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST ``split`` straight from the IDX files: (images uint8 (N, 28, 28), labels int64 (N,)).
-
-    md5-verified against :data:`KNOWN_MD5` unless ``verify=False``. No PNGs are written.
-    """
+    """MNIST ``split`` straight from the IDX files: (images uint8 (N, 28, 28), labels int64 (N,))."""
     images_path, labels_path = mnist_idx_paths(split, raw_dir)
     images = read_idx_images(images_path, verify=verify)
     labels = read_idx_labels(labels_path, verify=verify)

@@ -1,19 +1,14 @@
 """Decoding one image file into uint8 pixels, and mapping pixels to the model's [-1, 1] range.
 
-Every failure to use a file as an image -- unreadable, broken symlink, symlink loop, not a regular file
-(a FIFO would block forever, a device is no image), not an image, corrupt (Pillow's ``verify()`` checks every
-PNG chunk's CRC and that the file reaches its IEND chunk) or truncated data -- is raised as
-:class:`~dataset.errors.BadImageError` naming the file, so callers need one ``except`` (and
-``MNISTDataset(skip_bad=True)`` can skip them).
+Any failure to use a file as an image is raised as :class:`~dataset.errors.BadImageError` naming the file.
 
 Pixel conversion (``channels=1`` gives grayscale "L", ``channels=3`` gives "RGB"):
 
-* 16-bit grayscale PNGs (Pillow modes ``I;16*`` and ``I``) are scaled to 8 bits, v8 = round(v16 / 257),
-  so 65535 -> 255; Pillow's own ``convert("L")`` would clip every value above 255 to white.
-* Images with transparency (RGBA, LA, PA, or a palette/grayscale/RGB image with a tRNS chunk) are
-  composited over an opaque **black** background -- MNIST's background -- so a fully transparent pixel
-  is 0 (-1 in model range) whatever colour it stores.
-* Palette, bilevel, CMYK, ... images go through Pillow's ``convert``; RGB -> L uses ITU-R 601-2 luma.
+* 16-bit grayscale (Pillow modes ``I;16*``, ``I``): v8 = round(v16 / 257), so 65535 -> 255; Pillow's own
+  ``convert("L")`` would clip every value above 255 to white.
+* Transparency (RGBA, LA, PA, or a tRNS chunk): composited over opaque black, MNIST's background, so a fully
+  transparent pixel is 0 (-1 in model range) whatever colour it stores.
+* Anything else goes through Pillow's ``convert``; RGB -> L uses ITU-R 601-2 luma.
 """
 
 from __future__ import annotations
@@ -94,11 +89,7 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
 
 
 def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode ``path`` into a uint8 array (C, H, W). Raises BadImageError naming the file.
-
-    ``size=(H, W)`` resizes (Pillow bilinear, antialiased when shrinking) images of any other size;
-    ``size=None`` keeps the stored size.
-    """
+    """Decode ``path`` into a uint8 array (C, H, W) as :func:`convert_image` does. Raises BadImageError."""
     path = Path(path)
     try:
         _require_regular_file(path)
@@ -116,7 +107,7 @@ def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None
 
 def convert_image(img: Image.Image, channels: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
     """A decoded image as uint8 (C, H, W): converted as the module doc says, resized to ``size=(H, W)`` (Pillow
-    bilinear, antialiased when shrinking) unless it is None or the image has that size already."""
+    bilinear, antialiased when shrinking) unless it is None."""
     img = _to_mode(img, channels)
     if size is not None and img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)

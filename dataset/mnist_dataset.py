@@ -1,13 +1,8 @@
 """MNIST -- the bundled IDX digits or any class-folder image tree -- as a PyTorch dataset of images in [-1, 1].
 
-* ``MNISTDataset("train")`` / ``MNISTDataset("test")`` -- MNIST's digits straight from the IDX files bundled
-  in ``data/MNIST/raw`` (or from ``data_root`` when it is a folder holding them): no image files involved.
-* ``MNISTDataset(split, data_root)`` -- ``data_root`` is a class-folder tree ``<data_root>/<class>/<image>``,
-  e.g. ``MNISTDataset("train", "data/MNIST/mnist_images")`` after ``python scripts/prepare_mnist.py``;
-  ``split`` is then only recorded. See :mod:`dataset.folder_scan` for which files count.
-  ``MNISTDataset.from_folder(path)`` is the same with ``split=None``.
-
-:func:`load_training_set` picks between the two for training's ``--data-path``.
+``MNISTDataset("train")`` reads the IDX digits; ``MNISTDataset(split, data_root)`` reads the class-folder tree
+``data_root`` (e.g. ``"data/MNIST/mnist_images"`` after ``python scripts/prepare_mnist.py``), as the seed
+repository did. :func:`load_training_set` picks between the two for training's ``--data-path``.
 """
 
 from __future__ import annotations
@@ -71,16 +66,13 @@ class MNISTDataset(Dataset):
         skip_bad: skip files that raise :class:`BadImageError` (logged as warnings, counted in
             ``num_skipped``, listed in ``skipped``) instead of failing on the first one.
 
-    IDX digits are md5-verified and always held in memory; ``extensions``, ``cache`` and ``skip_bad`` concern
-    image files only. They come in the order of the PNG tree ``scripts/prepare_mnist.py`` writes from the same
-    files -- by digit, then by position in the IDX file -- with the same pixels (``channels`` and ``image_size``
-    applied as for a file), so a run can move between the two sources and continue bit-identically.
+    IDX digits are always held in memory; ``extensions``, ``cache`` and ``skip_bad`` concern image files only.
+    They come in the order and with the pixels of the PNG tree ``scripts/prepare_mnist.py`` writes (by digit,
+    then by position in the IDX file), so a run can switch between the two sources and continue bit-identically.
 
-    When bad files are found: with ``cache=True`` or ``skip_bad=True`` every image is fully decoded
-    here, so every bad file is found here. With neither, construction only reads image headers
-    (missing, unreadable, non-image and wrong-size files fail here); pixel data truncated after
-    a valid header is found when the image is first read, and ``__getitem__`` raises
-    :class:`BadImageError` naming the file.
+    With ``cache=True`` or ``skip_bad=True`` every image is decoded here, so every bad file is found here.
+    With neither, only image headers are read; pixel data truncated after a valid header makes
+    ``__getitem__`` raise :class:`BadImageError`.
 
     Attributes:
         root: the class-folder tree or IDX folder read. classes: sorted class names. class_to_idx: name ->
@@ -260,7 +252,6 @@ class MNISTDataset(Dataset):
     # ---- access -------------------------------------------------------------------------------
     @property
     def num_skipped(self) -> int:
-        """Number of files left out because they raised BadImageError (only with skip_bad=True)."""
         return len(self.skipped)
 
     @property
@@ -287,9 +278,7 @@ class MNISTDataset(Dataset):
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 images (N, C, H, W), int64 labels (N,)) for batching from memory without a DataLoader.
 
-        Builds the cache first if the dataset was made with ``cache=False``. The tensors are the
-        dataset's own storage: do not modify them in place. Map a batch to [-1, 1] with
-        :func:`dataset.to_model_range`.
+        Builds the cache if there is none. The images are the dataset's own storage: do not modify them in place.
         """
         if self._images is None:
             logger.info("as_tensors() on an uncached dataset: decoding all %d images now", len(self))
@@ -325,12 +314,9 @@ def load_training_set(
 ) -> MNISTDataset:
     """The training images at ``data_path`` (training's ``--data-path``), as an :class:`MNISTDataset`.
 
-    The default path (:data:`~dataset.paths.DEFAULT_DATA_PATH`, ``data/MNIST/mnist_images``; in general
-    ``raw_dir``'s sibling ``mnist_images``, where ``scripts/prepare_mnist.py`` would write the PNG tree of the
-    IDX files in ``raw_dir``) stands for MNIST's 60,000 training digits: while that folder is missing or
-    empty they come straight from the IDX files -- no PNGs written, none decoded -- in the order and with the
-    pixels the prepared tree would give. Any other path, and the default one once it holds files, is read as
-    a class-folder tree with the other arguments as :class:`MNISTDataset` takes them.
+    The default path (``raw_dir``'s sibling ``mnist_images``, where ``scripts/prepare_mnist.py`` writes the PNG
+    tree) stands for MNIST's training digits: while that folder is missing or empty they come straight from the
+    IDX files in ``raw_dir``. Any other path, or the default one once it holds files, is a class-folder tree.
     """
     path = Path(data_path).expanduser().resolve()
     raw_dir = Path(raw_dir).expanduser().absolute()

@@ -1,18 +1,12 @@
 """Writing MNIST's IDX files out as class-folder PNG trees, for people who want the digits as image files.
 
-Training does not need these trees: it reads the bundled IDX files directly (:func:`dataset.load_training_set`).
+``prepare_mnist_images(raw_dir, out_root)`` writes ``out_root/mnist_images/<digit>/<index>.png`` (60,000 training
+digits) and ``out_root/mnist_images_test/...`` (10,000 test digits); ``<index>`` is the position in the IDX file,
+so the tree read back gives the order :class:`~dataset.MNISTDataset` gives the IDX digits.
 
-``prepare_mnist_images(raw_dir, out_root)`` writes ``out_root/mnist_images/<digit>/<index>.png`` for
-the 60,000 training digits and ``out_root/mnist_images_test/<digit>/<index>.png`` for the 10,000 test
-digits, where ``<index>`` is the image's position in the IDX file. Read back as a class-folder tree (by
-digit folder, then file name with numbers compared as numbers) they come in IDX order within each digit:
-the order :class:`~dataset.MNISTDataset` gives the IDX digits, so either source trains identically.
-
-* Atomic: a split is written into a hidden folder beside its target (``out_root/.mnist_images.partial-<pid>``)
-  and renamed into place with ``os.replace`` only when complete, so a tree at the target is always whole.
-  An interrupted run removes its folder; a killed one (SIGKILL, power loss) leaves it behind, hidden and
-  never read -- delete it at leisure. Nothing belonging to another process is ever removed.
-* Idempotent: an existing target is left alone ("nothing to do"); ``force=True`` (``--force``) rebuilds it.
+A split is written into a hidden folder beside its target (``.mnist_images.partial-<pid>``) and renamed into
+place with ``os.replace`` only when complete, so a tree at the target is always whole; a killed run leaves the
+hidden folder behind, never read.
 """
 
 from __future__ import annotations
@@ -72,8 +66,7 @@ def prepare_mnist_images(
 ) -> dict[str, Path]:
     """Write the PNG trees of ``splits`` from the IDX files in ``raw_dir``; returns split -> folder.
 
-    Existing trees are kept unless ``force``. ``verify_md5=False`` skips the md5 check of the IDX
-    files (for IDX files other than the standard ones).
+    Existing trees are kept unless ``force``. ``verify_md5=False`` is for IDX files other than the standard ones.
     """
     raw_dir, out_root = Path(raw_dir), Path(out_root)
     unknown = [s for s in splits if s not in paths.SPLIT_DIRS]

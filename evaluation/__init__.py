@@ -1,4 +1,3 @@
-"""Evaluating a trained DDPM: the MNIST classifier behind the metrics (``evaluation.classifier``), the metrics
-(``evaluation.metrics``), and the ``--eval-ddpm-model`` CLI (``evaluation.cli``, which pulls in the training
-package). Import from the submodules.
+"""Evaluating a trained DDPM: the MNIST classifier, the metrics and the ``--eval-ddpm-model`` CLI. Import from
+the submodules (``evaluation.cli`` pulls in the training package).
 """

@@ -1,17 +1,12 @@
-"""A small MNIST CNN whose penultimate layer is the feature space of the classifier-FID.
-
-Inception-v3 weights cannot be downloaded here, and Inception features of 28×28 digits are a poor
-metric anyway; the MNIST generative-model literature instead scores samples with a classifier trained on
-MNIST. This file holds that classifier and nothing else:
+"""A small MNIST CNN whose penultimate layer is the feature space of the classifier-FID (README, "Metrics"):
 
     x ∈ [0, 1], (B, 1, 28, 28) → normalise (MNIST mean/std)
       → [conv3×3 → ReLU → maxpool2] × 3       28 → 14 → 7 → 3
       → flatten → linear → φ(x) ∈ R^feature_dim   (the FID features, taken *before* the ReLU)
       → ReLU → dropout → linear → 10 logits
 
-The weights are trained by ``scripts/train_mnist_classifier.py`` and shipped as
-``checkpoints/mnist_classifier.pth`` with its sha256 in ``checkpoints/mnist_classifier.sha256``;
-:func:`load_classifier` checks the digest before loading, so a metric is never computed with other weights.
+The weights (``checkpoints/mnist_classifier.pth``, from ``scripts/train_mnist_classifier.py``) are checked
+against their sha256 sidecar on every load, so a metric is never computed with other weights.
 """
 
 from __future__ import annotations

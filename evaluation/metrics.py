@@ -1,21 +1,18 @@
-"""Sample-quality metrics for MNIST generators, computed offline with the shipped classifier.
+"""Sample-quality metrics for MNIST generators, computed offline with the shipped classifier (README, "Metrics").
 
 φ = the classifier's 128-d penultimate features, p(y|x) its softmax; images in [0, 1]. Every "real" reference
 is drawn at the samples' N with a fixed seed, so runs are comparable.
 
-- **classifier-FID**: ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2}) between Gaussians fitted to φ of the N samples
-  and of the 10,000 MNIST test digits (Heusel et al., 2017, with φ in place of Inception). FID is biased upwards
-  at small N, so it comes with its **real-vs-real floor**: the same FID for N random *training* digits.
+- **classifier-FID** (Heusel et al., 2017, φ in place of Inception): :func:`frechet_distance` between Gaussians
+  fitted to φ of the N samples and of the 10,000 MNIST test digits; its **real-vs-real floor** is the same FID
+  for N random *training* digits (FID is biased upwards at small N).
 - **classifier score**: exp(E_x KL(p(y|x) ‖ p(y))), p(y) the mean of p(y|x) (Salimans et al., 2016, one split).
 - **class histogram** of argmax p(y|x), and its effective number of classes exp(H(histogram/N)) ∈ [1, 10].
 - **mean max-probability**: E_x max_y p(y|x), from 0.1 (uniform) to 1 (certain).
-- **precision / recall** (Kynkäänniemi et al., 2019): each feature set approximates its manifold by balls
-  reaching each point's k-th nearest neighbour in the set (k = 3). Precision = fraction of samples inside the
-  real manifold; recall = fraction of real points inside the samples' manifold. The real set is N test digits
-  (all 10,000 when N is larger); the "real" column repeats both with the floor's training digits as samples.
-- **memorisation**: d(x) = min over the 60,000 training digits of ‖x − x_train‖₂. The threshold is the 5th
-  percentile of d over held-out test digits, so 5% of unseen real digits fall below it by construction; far
-  more than 5% of samples below it means the model copies training digits.
+- **precision / recall** (:func:`precision_recall`, k = 3) against N test digits (all 10,000 when N is larger);
+  the "real" column repeats both with the floor's training digits as samples.
+- **memorisation**: d(x) = min over the 60,000 training digits of ‖x − x_train‖₂; the threshold is the 5th
+  percentile of d over held-out test digits, so 5% of unseen real digits fall below it by construction.
 """
 
 from __future__ import annotations
@@ -60,9 +57,8 @@ def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     """Tr((Σ₁Σ₂)^{1/2}) for symmetric PSD Σ₁, Σ₂, via the similar symmetric matrix Σ₁^{1/2} Σ₂ Σ₁^{1/2}.
 
-    Σ₁Σ₂ is not symmetric, so a general sqrtm may return complex noise; Σ₁^{1/2}Σ₂Σ₁^{1/2} has the same
-    eigenvalues and is symmetric PSD, so two ``eigh`` calls in float64 give the trace stably (tiny negative
-    eigenvalues from rounding are clipped to 0).
+    A general sqrtm of the non-symmetric Σ₁Σ₂ may return complex noise; ``eigh`` of the similar symmetric PSD
+    matrix gives the trace stably (tiny negative eigenvalues from rounding are clipped to 0).
     """
     w1, v1 = np.linalg.eigh(sigma1)
     sqrt_sigma1 = (v1 * np.sqrt(np.clip(w1, 0.0, None))) @ v1.T  # Σ₁^{1/2}

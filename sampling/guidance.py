@@ -5,9 +5,8 @@ label). Guided sampling mixes them:
 
     ε̃ = ε_θ(x_t, t, ∅) + w · (ε_θ(x_t, t, c) − ε_θ(x_t, t, ∅))
 
-so w = 0 is the unconditional model, w = 1 the conditional one, and w > 1 pushes samples towards what
-makes them look like class c (sharper, more recognisable, less diverse). (The paper writes the same mixture
-as (1 + w′)ε_c − w′ε_∅ with w′ = w − 1.)
+so w = 0 is the unconditional model, w = 1 the conditional one, and w > 1 trades diversity for class
+fidelity. (The paper writes the same mixture as (1 + w′)ε_c − w′ε_∅ with w′ = w − 1.)
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from torch import nn
 
 from sampling.sampler import EpsFn, SamplerConfig, SampleResult, model_eps_fn, sample_images
 
-# Classifier-free guidance scale used when none is given: the best label accuracy / FID trade-off measured for
-# the shipped conditional checkpoint (README, "Class-conditional generation").
+# The best label-accuracy / FID trade-off for the shipped conditional checkpoint (README).
 DEFAULT_GUIDANCE_SCALE = 2.0
 
 
@@ -71,8 +69,7 @@ def sample_model(model: nn.Module, scheduler, num_samples: int, config: SamplerC
                  labels: torch.Tensor | None = None, guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
                  **kwargs) -> SampleResult:
     """``num_samples`` images of the size the model records: unconditional, or for a class-conditional model
-    with class ``labels [num_samples]`` under guidance scale w. ``kwargs`` go to :func:`sampling.sample_images`
-    (generator, device, batch_size, trajectory_frames, ...)."""
+    with class ``labels [num_samples]`` under guidance scale w. ``kwargs`` go to :func:`sampling.sample_images`."""
     c = model.config
     size = c.image_size or 28  # checkpoints from before the size was recorded are MNIST
     eps_fn, batch_eps_fn = model_eps_fn(model), None

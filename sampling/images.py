@@ -7,7 +7,6 @@ inverse of the dataset's x = u / 255 · 2 − 1 up to rounding. The ``.npz`` is 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from pathlib import Path
 
@@ -16,8 +15,6 @@ import torch
 from PIL import Image
 
 from sampling.sampler import Trajectory
-
-logger = logging.getLogger(__name__)
 
 NPZ_IMAGES_KEY = "images"
 

@@ -1,29 +1,16 @@
 """Batched sampling loops: DDPM ancestral sampling (over all T steps or respaced to fewer), DDIM, and
 DPM-Solver++(2M).
 
-Sampling is scheduler + noise predictor and nothing else. The noise predictor is any callable
+The noise predictor is any ``eps_fn(x_t [B, C, H, W], t LongTensor [B]) -> ε̂ [B, C, H, W]``: the plain model
+(:func:`model_eps_fn`) or a guided mixture of model calls (:mod:`sampling.guidance`). Every sampler runs
+:func:`run_chain`: x_T ~ N(0, I), then per timestep ``(x_prev, x0_pred) = step(x_t, ε̂, t, generator)`` with the
+step of :class:`NoiseScheduler` (Algorithm 2), :class:`RespacedDDPMScheduler`, :class:`DDIMScheduler` (Eq. 12 of
+Song et al.) or :class:`DPMSolverPlusPlusScheduler` (multistep; restarts at the first timestep of every batch).
+``t`` is always an original timestep, so the model sees the timesteps it was trained on.
 
-    eps_fn(x_t: Tensor [B, C, H, W], t: LongTensor [B]) -> ε̂ [B, C, H, W]
-
-so the plain model (:func:`model_eps_fn`) and a guided mixture of model calls (classifier-free guidance,
-:mod:`sampling.guidance`: ε̃ = ε_θ(x_t, t, ∅) + w (ε_θ(x_t, t, c) − ε_θ(x_t, t, ∅))) plug in the same way. When
-the predictor depends on *which* samples are in the batch (per-sample class labels), pass
-``batch_eps_fn(start, stop) -> eps_fn`` instead; it is called once per batch with that batch's sample range::
-
-    batch_eps_fn = class_conditional_eps_fns(model, labels, guidance_scale=w)
-    sample_images(None, scheduler, len(labels), config, batch_eps_fn=batch_eps_fn)
-
-Every sampler runs one shared chain (:func:`run_chain`): start from x_T ~ N(0, I), then for each timestep
-of the sampler's sequence call ``eps_fn`` and the scheduler's step, ``(x_prev, x0_pred) = step(x_t, ε̂, t,
-generator)``. That signature is shared by :meth:`NoiseScheduler.sample_prev_timestep` (DDPM, Algorithm 2),
-:meth:`RespacedDDPMScheduler.step` (the same step on a respaced schedule; ``t`` stays the original timestep,
-so the model sees the timesteps it was trained on), :meth:`DDIMScheduler.step` (Eq. 12 of Song et al.) and
-:meth:`DPMSolverPlusPlusScheduler.step` (multistep: it keeps the previous x̂0, and starts afresh at the first
-timestep of every chain, i.e. every batch).
-
-Randomness: all noise (x_T and each step's z) comes from the one ``generator`` in a fixed order, batch by
-batch, so a run repeats exactly for the same (seed, num_samples, batch_size, sampler settings) on the same
-device and torch build. A CPU generator gives the same noise whatever device the model runs on.
+All noise (x_T and each step's z) comes from the one ``generator`` in a fixed order, batch by batch, so a run
+repeats exactly for the same (seed, num_samples, batch_size, sampler settings) on the same device and torch
+build. A CPU generator gives the same noise whatever device the model runs on.
 """
 
 from __future__ import annotations
@@ -54,9 +41,8 @@ StepFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++")
 # Steps when SamplerConfig.num_steps is None, capped at the sampler's maximum; None for DDPM means all T steps.
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm-solver++": 20}
-# What --eval-ddpm-model and the end of every training run draw with when no sampler is named: ancestral DDPM
-# respaced to 50 steps, the lowest FID at <= 50 network calls measured by benchmarks/bench_samplers.py on the
-# shipped model (benchmarks/RESULTS.md, README "Sampling"); the deterministic samplers were far worse there.
+# Used when no sampler is named: DDPM respaced to 50 steps had the lowest FID at <= 50 network calls
+# (benchmarks/RESULTS.md).
 DEFAULT_SAMPLER = "ddpm"
 DEFAULT_SAMPLER_STEPS = 50
 
@@ -71,8 +57,7 @@ class SamplerConfig:
             ``num_steps`` steps; ``"dpm-solver++"`` — DPM-Solver++(2M) over ``num_steps`` steps
             (scheduler/dpm_solver.py).
         num_steps: S, the network calls per image, in [1, T] (DPM-Solver++: [1, T−1]). None →
-            :data:`DEFAULT_STEPS` (DDPM: T, DDIM: 50, DPM-Solver++: 20, capped at that maximum); DDPM with S = T
-            is the full chain.
+            :data:`DEFAULT_STEPS`.
         eta: DDIM's η in [0, 1] (0 = deterministic); must stay 0 for the other samplers.
         spacing: which S timesteps DDIM and respaced DDPM visit (``trailing``/``leading``/``linspace``; see
             scheduler/ddim.py). DPM-Solver++ always uses diffusers' rule (scheduler/dpm_solver.py).
@@ -132,10 +117,8 @@ class SamplerConfig:
 
 @dataclass
 class Trajectory:
-    """Snapshots of the reverse chain for the first few images of the first batch.
-
-    ``t[k]`` is the timestep at frame k, ``x_t[k]`` the chain's state there and ``x0_pred[k]`` the clamped
-    x̂0(x_t, t) predicted from it; the last frame (``t = -1``) is the final sample for both.
+    """Snapshots of the reverse chain: ``t[k]`` is the timestep at frame k, ``x_t[k]`` the chain's state there
+    and ``x0_pred[k]`` the clamped x̂0(x_t, t); the last frame (``t = -1``) is the final sample for both.
     Tensors are CPU float32 ``[frames, n, C, H, W]`` in model space (≈ [−1, 1]).
     """
 
@@ -153,19 +136,16 @@ class SampleResult:
 
 
 def model_eps_fn(model: nn.Module) -> EpsFn:
-    """``lambda x_t, t: model(x_t, t)``: the unguided noise predictor of an unconditional UNet."""
+    """The unguided noise predictor of an unconditional UNet."""
     return lambda x_t, t: model(x_t, t)
 
 
 def make_stepper(scheduler: NoiseScheduler, config: SamplerConfig) -> tuple[torch.Tensor, StepFn]:
-    """The descending timesteps a sampler visits, and its step function ``(x_t, ε̂, t, generator) → (x_prev, x̂0)``.
-
-    The timesteps are the original ones (those the model is called with) for every sampler.
-    """
+    """The descending timesteps a sampler visits, and its step function ``(x_t, ε̂, t, generator) → (x_prev, x̂0)``."""
     T = scheduler.num_timesteps
     steps = config.resolved_steps(T)
     if config.name == "ddpm":
-        if steps == T:  # the full chain: DDPM's own step on its own schedule
+        if steps == T:
             return torch.arange(T - 1, -1, -1), scheduler.sample_prev_timestep
         respaced = RespacedDDPMScheduler(scheduler, steps, config.spacing)
         return respaced.timesteps.cpu(), respaced.step
@@ -196,11 +176,8 @@ def run_chain(
     trajectory_images: int = 16,
     progress: bool | tqdm = False,
 ) -> tuple[torch.Tensor, Trajectory | None]:
-    """Run the reverse chain from ``x_T`` over ``timesteps`` (descending); return ``(x0, trajectory)``.
-
-    ``x0`` is clamped to [−1, 1]. ``progress`` may be a tqdm bar to advance (by one per step), or True for
-    a bar of its own.
-    """
+    """Run the reverse chain from ``x_T`` over ``timesteps`` (descending); return ``(x0 in [−1, 1], trajectory)``.
+    ``progress`` may be a tqdm bar to advance by one per step, or True for a bar of its own."""
     bar = progress if isinstance(progress, tqdm) else progress_bar(
         total=len(timesteps), desc="sampling", unit="step", disable=not progress, leave=False
     )
@@ -209,12 +186,12 @@ def run_chain(
     frames_x: list[torch.Tensor] = []
     frames_x0: list[torch.Tensor] = []
     x = x_T
-    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # first step giving NaN/inf, on the device
+    first_bad = torch.full((), -1, dtype=torch.long, device=x.device)  # on the device: no sync per step
     for i, t in enumerate(timesteps.tolist()):
         t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         eps = eps_fn(x, t_batch)
         x_prev, x0_pred = step(x, eps, t_batch, generator=generator)
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x_prev).all(), i, first_bad)  # no sync
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(x_prev).all(), i, first_bad)
         if i in capture:
             frames_t.append(t)
             frames_x.append(x[:trajectory_images].float().cpu())
@@ -260,16 +237,13 @@ def sample_images(
     """Draw ``num_samples`` images in batches of ``batch_size``.
 
     Args:
-        eps_fn: the noise predictor, ``eps_fn(x_t, t) -> ε̂`` (see the module docstring); or None when
-            ``batch_eps_fn`` is given.
+        eps_fn: the noise predictor (see the module docstring); None when ``batch_eps_fn`` is given.
         scheduler: the DDPM schedule the model was trained with; its device is where sampling runs unless
             ``device`` is given.
-        config: the sampler (default: DDPM over all T steps).
         trajectory_frames: if > 0, snapshot x_t and x̂0 at this many evenly spaced steps (first batch only,
             the first ``trajectory_images`` images).
-        progress: show a tqdm bar over all steps of all batches.
         batch_eps_fn: ``batch_eps_fn(start, stop)`` returns the noise predictor for samples ``start:stop``
-            (per-sample conditioning); exclusive with ``eps_fn``.
+            (per-sample conditioning, e.g. :func:`sampling.class_conditional_eps_fns`); exclusive with ``eps_fn``.
 
     Returns:
         :class:`SampleResult` with CPU images ``[num_samples, *image_shape]`` in [−1, 1].

@@ -301,9 +301,9 @@ def test_non_finite_samples_are_an_error_naming_the_step():
 def test_sampler_config_bounds():
     for config in (SamplerConfig("ddim", 1), SamplerConfig("ddim", 3, eta=1.0)):
         assert config.resolved_steps(T) == config.num_steps
-    for kwargs, message in [({"num_steps": 0}, "num_steps must be a positive int or None, got 0"),
-                            ({"num_steps": True}, "num_steps must be a positive int or None, got True"),
-                            ({"eta": 1.5}, r"eta must lie in \[0, 1\], got 1.5")]:
+    steps = r"num_steps \(--sample-steps\) must be a positive int or None"
+    for kwargs, message in [({"num_steps": 0}, f"{steps}, got 0"), ({"num_steps": True}, f"{steps}, got True"),
+                            ({"eta": 1.5}, r"eta \(--eta\) must lie in \[0, 1\], got 1.5")]:
         with pytest.raises(ValueError, match=message):
             SamplerConfig("ddim", **kwargs)
     with pytest.raises(ValueError, match=r"^eta only applies to DDIM; DDPM's reverse variance is fixed to β̃_t \(use "

@@ -1,23 +1,14 @@
 """Reproducible, resumable batches: the data order is a pure function of (seed, epoch, offset).
 
-Epoch ``e`` visits the dataset in the order ``epoch_permutation(N, seed, e)`` — a ``torch.randperm`` from a
-generator seeded by (seed, e) — in batches of ``B`` consecutive indices; the incomplete tail is dropped
-(so every step sees ``B`` images). A checkpoint stores ``(epoch, offset)``, the number of samples of that
-permutation already consumed, and a resumed run continues from exactly the next batch.
+Epoch ``e`` visits the data in the order :func:`epoch_permutation` (``torch.randperm`` seeded by (seed, e)), in
+global batches of consecutive indices, dropping the incomplete tail; a checkpoint stores ``(epoch, offset)``, the
+samples of that permutation already consumed. Rank ``r`` of ``W`` takes rows ``r, r + W, …`` of each global batch
+(:func:`rank_slice`, ``DistributedSampler``'s assignment), so a step of W ranks × B images is the step of one
+process with batch W·B, and a checkpoint resumes under any world size with the same global batch.
 
-Two ways to read a batch:
-
-* in memory (the default on CPU): index the cached uint8 tensor ``[N, C, H, W]`` and map to [−1, 1]
-  per batch — no DataLoader, no worker processes, measurably faster on a 2-core machine;
-* a ``DataLoader`` with a :class:`ResumableDistributedSampler` yielding the same indices, when
-  ``num_workers > 0`` or the data is not cached (decoding PNGs in workers).
-
-With ``W`` ranks (:mod:`training.runtime`) each rank reads ``B`` images per step and a step consumes the
-global batch of ``W·B`` consecutive indices of the permutation: rank ``r`` takes indices ``r, r + W, r + 2W, …``
-of it (:func:`rank_slice`). That is ``DistributedSampler``'s rank assignment (it strides over the whole epoch,
-``perm[r::W]``, which per global batch is the same thing), and the in-memory path shards identically. So the
-union of the ranks' batches at step k is the global batch k of a one-process run with batch ``W·B``, ``offset``
-counts global samples, and a checkpoint resumes under any world size with the same global batch.
+Batches come from the cached uint8 tensor ``[N, C, H, W]`` in memory (the default: no worker processes, faster on
+a 2-core machine) or, with ``num_workers > 0`` or ``--no-cache``, from a DataLoader over a
+:class:`ResumableDistributedSampler` that yields the same indices.
 """
 
 from __future__ import annotations

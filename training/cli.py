@@ -1,14 +1,9 @@
-"""The ``--train-ddpm-model`` flags, turned into typed configs in one place, and the mode's entry point.
+"""The ``--train-ddpm-model`` flags (and ``--task-name``, ``--seed``, ``--device``, which both modes share), turned
+into typed configs in one place (:func:`build_configs`), and the mode's entry point :func:`run`.
 
-    python main.py --train-ddpm-model --task-name runs/mnist_ddpm --data-path data/MNIST/mnist_images \\
-        --batch-size 128 --num-epochs 40 --lr 1e-4
-
-Impossible values are rejected by the parser (``type=`` checks, ``choices=``) or by :func:`build_configs`
-through ``parser.error`` — before any data is read. Also defines the flags both modes share:
-``--task-name``, ``--seed``, ``--device``.
-
-Under ``torchrun`` every process runs this entry point; :func:`run` joins the process group before training
-and leaves it afterwards (:mod:`training.runtime`), and ranks other than 0 log warnings only.
+Impossible values are rejected by the parser (``choices=``, the shared flags' types) or by the configs' validation
+through ``parser.error``, before any data is read. Under ``torchrun`` every process runs :func:`run`, which joins
+the process group before training and leaves it afterwards; ranks other than 0 log warnings only.
 """
 
 from __future__ import annotations
@@ -45,8 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--task-name", default=_DEFAULTS.task_name,
                    help="run folder: config.json, metrics.csv, loss.png, the checkpoint and viz/ go here")
     g.add_argument("--data-path", default=str(DEFAULT_DATA_PATH),
-                   help="class-folder image tree <path>/<class>/<image>; the default MNIST tree is written from "
-                        "the bundled IDX files on first use")
+                   help="class-folder image tree <path>/<class>/<image>; the default stands for the bundled MNIST "
+                        "training digits, read straight from their IDX files")
     g.add_argument("--model", default=_DEFAULTS.model, choices=sorted(PRESETS),
                    help="UNet preset: tiny (tests), small (CPU), base (GPU)")
     g.add_argument("--batch-size", type=types.positive_int, default=_DEFAULTS.batch_size, help="images per step")

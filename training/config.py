@@ -7,9 +7,9 @@ command line in one place (:func:`training.cli.build_configs`) and the trainer n
 The recipe is Algorithm 1 with AdamW, a linear LR warm-up followed by a cosine decay to zero at the end of
 the run (the end is ``max_steps``, ``num_epochs`` or ``max_minutes``, whichever comes first), the min-SNR-γ
 weighting of the ε-prediction loss, gradient clipping at 1.0 (the paper's) and a power-law EMA of the weights
-(:mod:`training.state`). Why each default was
-chosen, with the measurements, is in ``benchmarks/RESULTS.md``. ``precision``, ``compile`` and
-``channels_last`` default to the fastest safe choice for the device (:mod:`training.runtime`).
+(:mod:`training.state`). Why each default was chosen, with the measurements, is in ``benchmarks/RESULTS.md``.
+``precision``, ``compile`` and ``channels_last`` default to the fastest safe choice for the device
+(:mod:`training.runtime`).
 """
 
 from __future__ import annotations
@@ -33,52 +33,16 @@ LOSS_WEIGHTINGS = ("uniform", "min-snr")
 
 @dataclass(frozen=True)
 class TrainConfig(DictConfig):
-    """How to train. Attributes mirror the ``--flags`` of ``main.py --train-ddpm-model``.
+    """How to train. Each field is the ``--flag`` of ``main.py --train-ddpm-model`` with the same name, and
+    ``python main.py --help`` says what it does; where the Python value differs from the flag:
 
     Attributes:
-        task_name: run folder; config.json, metrics, checkpoints and viz/ are written here.
-        data_path: class-folder image tree (``<path>/<class>/<image>``).
-        model: UNet preset name (``tiny``, ``small``, ``base``); the resolved UNetConfig is stored too.
-        batch_size: images per optimizer step.
-        num_epochs: passes over the data (the run may stop earlier: ``max_steps``, ``max_minutes``).
-        lr: peak AdamW learning rate, reached after ``warmup_steps`` linear warm-up steps.
-        lr_schedule: ``cosine`` decays the lr to 0 at the end of the run; ``constant`` keeps the peak.
-        weight_decay: AdamW decoupled weight decay.
-        ema_decay: cap on the EMA decay d_t = min(ema_decay, (1 − 1/t)^(γ+1)).
-        ema_gamma: the power-law EMA's γ (6.94: the average spans ~10 % of the run so far).
-        loss_weighting: ``min-snr`` weights each t by min(SNR_t, γ)/SNR_t (Hang et al. 2023), still predicting
-            ε; ``uniform`` is the paper's L_simple.
-        min_snr_gamma: the γ of ``min-snr``.
-        grad_clip: clip the global gradient norm to this; ``None`` disables clipping.
-        seed: seeds the model init, the data order (per epoch) and the t/ε generator.
-        device: ``auto`` (cuda if available, else cpu), ``cpu`` or ``cuda``.
-        num_workers: DataLoader workers; 0 batches straight from the in-memory uint8 images.
-        num_threads: torch intra-op CPU threads (set by the CLI, process-wide); 0 keeps torch's default.
-        cache: decode every image into memory once (fast); ``False`` reads files on the fly.
-        skip_bad: skip unreadable or odd-sized image files with a warning instead of stopping.
-        image_size: resize every image to this square size; ``None`` keeps the data's own (square) size.
-        channels: 1 (grayscale) or 3 (RGB): what each image is converted to.
-        extensions: image file extensions to read from the class folders.
-        final_samples: at the end of a run the EMA model draws this many samples into
-            ``task_name/samples/`` (grid.png, samples.npz) with the default sampler; 0 turns it off.
-        tensorboard: also write scalars and image grids for TensorBoard under ``task_name/tb/``.
-        overwrite: allow a fresh run (or a resume from elsewhere) to replace the checkpoint in ``task_name``.
-        max_steps: stop once this many optimizer steps are done in total (``None``: no limit).
-        max_minutes: stop after this many minutes of training in total, counted over resumes: the checkpoint
-            keeps the training clock (``None``: no limit).
-        ckpt_save_name: checkpoint file name inside ``task_name``.
-        ckpt_every: also checkpoint every this many steps (always at epoch ends and when stopping).
-        log_every: log/record loss, lr and images/s every this many steps.
-        viz_save: save denoising-progress frames under ``task_name/viz`` and a progress GIF at the end.
-        viz_live: show the frames in a matplotlib window updated in place.
-        viz_interval: steps between frames (plus one at each epoch end).
-        viz_num: images per frame.
-        viz_t: timestep at which the frames noise their images; -1 is the last, T-1.
-        conditional: train a class-conditional model (labels → context tokens for cross-attention).
-        cond_drop: probability of replacing a label by the null label (classifier-free guidance training).
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast for the UNet; fp16 with loss scaling).
-        compile: wrap the UNet in ``torch.compile``; ``None`` decides by device.
-        channels_last: run the UNet in the channels_last memory layout; ``None`` decides by device.
+        data_path: a class-folder image tree ``<path>/<class>/<image>``; the default stands for the bundled MNIST
+            training digits, read from their IDX files (:func:`dataset.load_training_set`).
+        cache: ``--no-cache`` sets it to False (read image files per batch instead of decoding them all first).
+        grad_clip: ``None`` disables clipping (``--grad-clip 0``).
+        num_epochs: ``--num-epochs``; ``build_configs`` sets it to MAX_INT when only ``--max-minutes`` bounds the run.
+        compile, channels_last: ``None`` decides by device (:func:`training.runtime.resolve_performance`).
     """
 
     task_name: str = "runs/mnist_ddpm"

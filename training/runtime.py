@@ -1,28 +1,20 @@
 """Where and how the training step runs: the data-parallel context (torchrun + DistributedDataParallel) and the
 precision / ``torch.compile`` / channels_last choices.
 
-Data parallel, launched by ``torchrun`` (it passes ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
-``MASTER_PORT``; :func:`setup_distributed` reads them, binds the rank to ``cuda:LOCAL_RANK`` with NCCL or to the CPU
-with Gloo, and joins the group; without ``WORLD_SIZE`` nothing distributed happens):
+Data parallel (``torchrun --standalone --nproc_per_node=4 main.py --train-ddpm-model --batch-size 32 ...``):
+:func:`setup_distributed` reads torchrun's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, binds the rank to
+``cuda:LOCAL_RANK`` (NCCL) or the CPU (Gloo) and joins the group. ``--batch-size`` is per rank; t, ε and label
+drops are drawn for the global batch on every rank and sliced alike (:func:`training.batching.rank_slice`), so W
+ranks × batch B train like one process × batch W·B and checkpoints resume under any W with the same global batch.
+One all-reduce per step (:meth:`DistContext.reduce_step`) shares the mean loss and whether any rank must stop, so
+all ranks stop after the same step; :meth:`DistContext.agree` makes a setup failure on one rank fail them all
+instead of leaving them waiting in the first collective.
 
-    torchrun --standalone --nproc_per_node=4 main.py --train-ddpm-model --batch-size 32 ...   # one machine
-
-* ``--batch-size`` is per rank; rank r takes rows ``r, r + W, …`` of each global batch
-  (:func:`training.batching.rank_slice`), and t, ε and label drops are drawn for the *global* batch on every rank
-  and sliced alike. DDP averages gradients over ranks, so W ranks × batch B train like one process × batch W·B
-  (up to float summation order), and checkpoints resume under any W with the same global batch.
-* Only rank 0 takes the run lock and writes files; every rank reads the checkpoint on ``--resume``.
-* One all-reduce per step (:meth:`DistContext.reduce_step`) gives every rank the global mean loss and whether any
-  rank must stop (Ctrl-C/SIGTERM, ``--max-minutes``), so all ranks stop after the same step.
-* If setup fails on one rank, :meth:`DistContext.agree` makes the others fail too (:class:`PeerSetupError`)
-  instead of waiting forever in the first collective.
-
-Performance choices are ``auto`` by default and resolved once per run by :func:`resolve_performance` (logged and
-written to ``config.json``): on CUDA bf16 autocast where the GPU has native bf16, ``torch.compile`` where Triton
-runs, channels_last; on the CPU fp32, no compile (it never pays for itself there) and channels_last (oneDNN's NHWC
-kernels are the fast ones; benchmarks/RESULTS.md has the figures). Autocast changes only the UNet's matmuls and
-convolutions; the schedule arithmetic and the loss stay fp32. fp16 needs a :class:`torch.amp.GradScaler`; it is
-created for every run and passes through unless fp16.
+Performance choices default to ``auto``, resolved once per run by :func:`resolve_performance`: on CUDA bf16
+autocast where the GPU has native bf16, ``torch.compile`` where Triton runs; on the CPU fp32 and no compile;
+channels_last on both (oneDNN's and cuDNN's NHWC kernels are the fast ones). Autocast covers only the UNet; the
+schedule arithmetic and the loss stay fp32. fp16 needs a :class:`torch.amp.GradScaler`, which passes through
+otherwise.
 """
 
 from __future__ import annotations

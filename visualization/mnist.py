@@ -1,9 +1,4 @@
-"""Figures of the training data: a grid of the first images of each digit and the label histogram.
-
-The images come from the bundled MNIST IDX files (``data/MNIST/raw``), another folder of IDX files, or a
-class-folder tree such as ``data/MNIST/mnist_images`` (made by ``scripts/prepare_mnist.py``): whatever
-:class:`dataset.MNISTDataset` reads.
-"""
+"""Figures of the training data: a grid of the first images of each digit and the label histogram."""
 
 from __future__ import annotations
 
@@ -40,8 +35,8 @@ class MNISTPreview:
 
 
 def load_mnist_preview(root: str | Path | None = None, per_class: int = 8) -> MNISTPreview:
-    """Read the preview from ``root``: a class-folder tree, a folder of IDX files, or (``None``) the
-    bundled IDX files."""
+    """Read the preview from ``root``: whatever :class:`dataset.MNISTDataset` reads (``None``: the bundled IDX
+    files)."""
     dataset = MNISTDataset("train", root)
     targets = np.asarray(dataset.targets)
     firsts = [np.flatnonzero(targets == label)[:per_class] for label in range(len(dataset.classes))]

@@ -1,8 +1,7 @@
 """Matplotlib helpers shared by the figure modules.
 
-Figures are built with :class:`matplotlib.figure.Figure` directly, not through ``pyplot``: no backend is
-selected and no global figure registry is touched, so importing or calling these functions changes no
-global state and works without a display.
+Figures are built with :class:`matplotlib.figure.Figure`, not ``pyplot``, so no global state changes and no
+display is needed.
 """
 
 from __future__ import annotations
@@ -86,8 +85,7 @@ def show_tiles(ax: Axes, tiles: np.ndarray, col_labels: list[str], row_labels: l
 def seeded_init(seed: int) -> Iterator[None]:
     """Build modules inside this block to get the same random weights for the same ``seed``.
 
-    ``nn.Module`` initialisers draw from torch's global CPU generator and take no ``generator``
-    argument, so the global state is forked, seeded, and restored on exit: callers see no change.
+    ``nn.Module`` initialisers take no ``generator``, so the global CPU generator is forked, seeded and restored.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
