@@ -48,6 +48,7 @@ KNOWN_MD5: dict[str, tuple[str, ...]] = {
     "t10k-labels-idx1-ubyte": ("27ae3e4e09519cfbb04c329615203637",),
 }
 
+
 def _check_md5(path: Path, stored: bytes) -> None:
     """Raise unless ``stored`` (the bytes of ``path``) has one of the digests known for its file name."""
     accepted = KNOWN_MD5.get(path.name)
