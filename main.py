@@ -45,10 +45,50 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds like Ctrl-C, with its message
+def load_libraries() -> None:
+    """Import torch and the two modes up front: run_process holds signals back meanwhile, because a
+    KeyboardInterrupt raised inside torch's import can abort the interpreter (SIGABRT) or leave a half-loaded
+    numpy that the next import refuses."""
+    import torch  # noqa: F401
+
+    from evaluation import cli as eval_cli  # noqa: F401
+    from training import cli as train_cli  # noqa: F401
+
+
+def run_process(entry=main, load=load_libraries) -> int:
+    """What ``python main.py`` does: ``load`` with Ctrl-C and SIGTERM held back until it returns, then ``entry``
+    with them unwinding as KeyboardInterrupt; an interruption before training's own handler is installed
+    (loading, set-up) ends with "interrupted" and exit status 130."""
+    received: list[int] = []
+
+    def hold(signum, frame) -> None:
+        received.append(signum)
+
+    def interrupt(signum, frame) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before training's own handler is installed (imports, set-up)
+        load()
+        for sig in previous:
+            signal.signal(sig, interrupt)
+        if received:
+            raise KeyboardInterrupt
+        return entry()
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        return 130
+    except Exception:
+        if not received:
+            raise
+        # a library swallowed the KeyboardInterrupt half-way through a later import, and importing it again failed
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(run_process())

@@ -3,7 +3,9 @@ before any work is done."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +164,39 @@ def test_no_mode_prints_help_not_a_traceback(capsys):
     assert entry.main([]) == 0
     out = capsys.readouterr()
     assert "usage: main.py" in out.out and "--train-ddpm-model" in out.out and "Traceback" not in out.err
+
+
+def test_a_signal_that_breaks_an_import_still_exits_130_with_a_message(capsys):
+    """Seen in CI: Ctrl-C landed inside numpy's import, a library swallowed the KeyboardInterrupt, and the next
+    import of numpy raised ImportError — a traceback instead of "interrupted"."""
+    def entry_whose_import_breaks() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:  # the library that swallows the interruption
+            pass
+        raise ImportError("cannot load module more than once per process")
+
+    handler = signal.getsignal(signal.SIGINT)
+    assert entry.run_process(entry_whose_import_breaks) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+    def entry_with_a_real_error() -> int:  # no signal: an error stays an error
+        raise ImportError("a missing package")
+
+    with pytest.raises(ImportError, match="a missing package"):
+        entry.run_process(entry_with_a_real_error)
+
+
+def test_signals_wait_until_the_libraries_are_loaded(capsys):
+    """Seen in CI: Ctrl-C inside torch's import aborted the interpreter (SIGABRT). While ``load`` runs a signal
+    is only noted; it then stops the run before ``entry``, with exit 130."""
+    loaded, entered = [], []
+
+    def load() -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt here without the hold
+        loaded.append(True)
+
+    assert entry.run_process(lambda: entered.append(True) or 0, load) == 130
+    assert loaded == [True] and entered == []
+    assert "interrupted" in capsys.readouterr().err
