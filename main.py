@@ -13,7 +13,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation import cli as eval_cli  # imported here, so that a Ctrl-C while torch loads is handled below
+    from evaluation import cli as eval_cli  # imported here, not at module level: see load_libraries
     from training import cli as train_cli
 
     parser = argparse.ArgumentParser(
@@ -46,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_libraries() -> None:
-    """Import torch and the two modes up front: run_process holds signals back meanwhile, because a
+    """Import the two modes (and with them torch) up front: run_process holds signals back meanwhile, because a
     KeyboardInterrupt raised inside torch's import can abort the interpreter (SIGABRT) or leave a half-loaded
     numpy that the next import refuses."""
-    import torch  # noqa: F401
-
     from evaluation import cli as eval_cli  # noqa: F401
     from training import cli as train_cli  # noqa: F401
 
