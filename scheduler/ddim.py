@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from scheduler.extract import as_timestep_tensor, draw_noise, extract
+from scheduler.extract import FewStepSampler, as_timestep_tensor, check_noise_pred, extract, step_noise
 from scheduler.linear_noise_scheduler import NoiseScheduler
 
 SPACINGS = ("trailing", "leading", "linspace")
@@ -65,7 +65,7 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing"
     return tau
 
 
-class DDIMScheduler:
+class DDIMScheduler(FewStepSampler):
     """DDIM steps (Eq. 12) over a strided subsequence of a trained DDPM's T steps.
 
     Args:
@@ -75,6 +75,8 @@ class DDIMScheduler:
         spacing: how τ is chosen: ``"trailing"`` (default), ``"leading"`` or ``"linspace"``.
         clip_x0: clamp x̂0 to [−1, 1] and re-derive ε from it (default), or use Eq. 12 verbatim.
     """
+
+    _tables = ("sqrt_alphas_cumprod_prev", "sigmas", "dir_coef", "in_subsequence")
 
     def __init__(
         self,
@@ -126,31 +128,15 @@ class DDIMScheduler:
             f"clip_x0={self.clip_x0}, T={self.num_timesteps})"
         )
 
-    @property
-    def device(self) -> torch.device:
-        return self.sigmas.device
-
-    def to(self, device: str | torch.device) -> DDIMScheduler:
-        """Move this scheduler's tables and the underlying DDPM schedule to ``device``; return ``self``."""
-        self.base.to(device)
-        for name in ("sqrt_alphas_cumprod_prev", "sigmas", "dir_coef", "in_subsequence"):
-            setattr(self, name, getattr(self, name).to(device))
-        return self
-
     def prev_timestep(self, t: int) -> int:
         """τ_{i−1} for t = τ_i; −1 for the last step (which lands on x0)."""
         if not 0 <= t < self.num_timesteps or int(self._prev_of[t]) == -2:
             raise ValueError(f"t={t} is not in this DDIM subsequence {self.timesteps.tolist()}")
         return int(self._prev_of[t])
 
-    def step(
-        self,
-        x_t: torch.Tensor,
-        noise_pred: torch.Tensor,
-        t: torch.Tensor | int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """One DDIM step x_τ → x_prev (Eq. 12). Same signature as :meth:`LinearNoiseScheduler.sample_prev_timestep`.
 
         Args:
@@ -161,8 +147,7 @@ class DDIMScheduler:
         Returns:
             ``(x_prev, x0_pred)``; x0_pred is clamped to [−1, 1] when ``clip_x0``.
         """
-        if noise_pred.shape != x_t.shape:
-            raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} must equal x_t shape {tuple(x_t.shape)}")
+        check_noise_pred(x_t, noise_pred)
         if self.device != x_t.device:
             raise ValueError(f"the DDIM tables live on {self.device} but x_t is on {x_t.device}; call ddim.to(device)")
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
@@ -183,10 +168,6 @@ class DDIMScheduler:
         x_prev = extract(self.sqrt_alphas_cumprod_prev, t, x_t) * x0_pred + extract(self.dir_coef, t, x_t) * eps
         # 3. "random noise" σ_τ z, only for η > 0 (η = 0 draws nothing, so it leaves the generator untouched).
         if self.eta > 0.0:
-            if noise is None:
-                noise = draw_noise(x_t.shape, generator, x_t.device, x_t.dtype)
-            elif noise.shape != x_t.shape:
-                raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
-            x_prev = x_prev + extract(self.sigmas, t, x_t) * noise.to(x_t.device)
+            x_prev = x_prev + extract(self.sigmas, t, x_t) * step_noise(x_t, generator, noise)
         return x_prev, x0_pred
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scheduler.extract import as_timestep_tensor
+from scheduler.extract import FewStepSampler, as_timestep_tensor, check_noise_pred
 from scheduler.linear_noise_scheduler import NoiseScheduler
 
 
@@ -59,7 +59,7 @@ def dpm_solver_timesteps(num_timesteps: int, num_steps: int) -> torch.Tensor:
     return tau
 
 
-class DPMSolverPlusPlusScheduler:
+class DPMSolverPlusPlusScheduler(FewStepSampler):
     """DPM-Solver++(2M) steps over S timesteps of a trained DDPM (see the module docstring).
 
     Args:
@@ -67,6 +67,8 @@ class DPMSolverPlusPlusScheduler:
         num_steps: S, the number of steps (= network calls), in [1, T−1] for T = 1000.
         clip_x0: clamp the data prediction x_θ to [−1, 1] (default False, as diffusers; the CLI passes True).
     """
+
+    _tables = ("_x0_prev",)  # the step coefficients are Python floats
 
     def __init__(self, scheduler: NoiseScheduler, num_steps: int = 20, clip_x0: bool = False) -> None:
         self.base = scheduler
@@ -91,24 +93,8 @@ class DPMSolverPlusPlusScheduler:
     def __repr__(self) -> str:
         return f"DPMSolverPlusPlusScheduler(num_steps={self.num_steps}, clip_x0={self.clip_x0}, T={self.num_timesteps})"
 
-    @property
-    def device(self) -> torch.device:
-        return self.base.device
-
-    def to(self, device: str | torch.device) -> DPMSolverPlusPlusScheduler:
-        """Move the underlying DDPM schedule to ``device`` (the step coefficients are Python floats); ``self``."""
-        self.base.to(device)
-        if self._x0_prev is not None:
-            self._x0_prev = self._x0_prev.to(device)
-        return self
-
-    def step(
-        self,
-        x_t: torch.Tensor,
-        noise_pred: torch.Tensor,
-        t: torch.Tensor | int,
-        generator: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One DPM-Solver++(2M) step from ``t`` to the next timestep (the run_chain step signature).
 
         Args:
@@ -121,8 +107,7 @@ class DPMSolverPlusPlusScheduler:
             ``(x_prev, x0_pred)``: x at the next timestep (the final sample after the last step) and x_θ(x_t, t),
             clamped to [−1, 1] when ``clip_x0``.
         """
-        if noise_pred.shape != x_t.shape:
-            raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} must equal x_t shape {tuple(x_t.shape)}")
+        check_noise_pred(x_t, noise_pred)
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
         if t.numel() == 0 or bool((t != t[0]).any()):
             raise ValueError(f"DPM-Solver++ is multistep: every sample must be at the same timestep, got {t.tolist()}")

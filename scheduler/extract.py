@@ -1,5 +1,5 @@
-"""What every sampler step shares: validated timesteps, per-timestep coefficients broadcast over a batch of
-images (one way to gather them), and Gaussian noise drawn reproducibly."""
+"""What every sampler step shares: validated inputs and timesteps, per-timestep coefficients broadcast over a
+batch of images (one way to gather them), Gaussian noise drawn reproducibly, and the few-step samplers' base."""
 
 from __future__ import annotations
 
@@ -55,3 +55,37 @@ def draw_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator |
     """
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def check_noise_pred(x_t: torch.Tensor, noise_pred: torch.Tensor) -> None:
+    if noise_pred.shape != x_t.shape:
+        raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} must equal x_t shape {tuple(x_t.shape)}")
+
+
+def step_noise(x_t: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None) -> torch.Tensor:
+    """z for a stochastic step from ``x_t``: ``noise`` itself (checked, moved to x_t's device) or drawn."""
+    if noise is None:
+        return draw_noise(x_t.shape, generator, x_t.device, x_t.dtype)
+    if noise.shape != x_t.shape:
+        raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
+    return noise.to(x_t.device)
+
+
+class FewStepSampler:
+    """Base of the samplers that step over S of a trained DDPM's T timesteps: they keep the DDPM schedule as
+    ``base`` and move with it; ``_tables`` names their own tensors (None allowed) that :meth:`to` moves too."""
+
+    _tables: tuple[str, ...] = ()
+    base: object
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.device
+
+    def to(self, device: str | torch.device):
+        """Move the DDPM schedule and this sampler's tables to ``device``; return ``self``."""
+        self.base.to(device)
+        for name in self._tables:
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        return self

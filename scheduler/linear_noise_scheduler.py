@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from scheduler.extract import as_timestep_tensor, draw_noise, extract
+from scheduler.extract import as_timestep_tensor, check_noise_pred, extract, step_noise
 
 MIN_ALPHA_BAR = 1e-30  # ᾱ_T below this leaves float32's normal range once square-rooted and inverted
 
@@ -168,14 +168,9 @@ class NoiseScheduler:
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
         return extract(self.sqrt_recip_alphas, t, x_t) * (x_t - extract(self.eps_coef, t, x_t) * noise_pred)
 
-    def sample_prev_timestep(
-        self,
-        x_t: torch.Tensor,
-        noise_pred: torch.Tensor,
-        t: torch.Tensor | int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_prev_timestep(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
+                             generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """One ancestral step x_t → x_{t−1} (Algorithm 2, line 4).
 
         Args:
@@ -188,8 +183,7 @@ class NoiseScheduler:
             ``(x_prev, x0_pred)`` — x_{t−1} = μ + σ_t z with σ_t² = β̃_t (no noise where t = 0), and
             x̂0 clamped to [−1, 1].
         """
-        if noise_pred.shape != x_t.shape:
-            raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} must equal x_t shape {tuple(x_t.shape)}")
+        check_noise_pred(x_t, noise_pred)
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
 
         # 1. x̂0 from the predicted noise (Eq. 4 inverted), clamped to the data range.
@@ -201,11 +195,7 @@ class NoiseScheduler:
             mean = self.reverse_mean(x_t, noise_pred, t)
         # 3. add σ_t z with σ_t² = β̃_t. β̃ at t = 0 is exactly 0 (ᾱ_{t−1} := 1), so the last step adds no
         #    noise (Algorithm 2: z = 0 if t = 1) without a special case.
-        if noise is None:
-            noise = draw_noise(x_t.shape, generator, x_t.device, x_t.dtype)
-        elif noise.shape != x_t.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
-        x_prev = mean + extract(self.posterior_variance, t, x_t).sqrt() * noise.to(x_t.device)
+        x_prev = mean + extract(self.posterior_variance, t, x_t).sqrt() * step_noise(x_t, generator, noise)
         return x_prev, x0_pred
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from scheduler.ddim import ddim_timesteps
-from scheduler.extract import as_timestep_tensor
+from scheduler.extract import FewStepSampler, as_timestep_tensor
 from scheduler.linear_noise_scheduler import NoiseScheduler
 
 
@@ -37,7 +37,7 @@ def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> tor
     return 1.0 - kept / prev
 
 
-class RespacedDDPMScheduler:
+class RespacedDDPMScheduler(FewStepSampler):
     """DDPM's ancestral step over S of the T trained timesteps (Nichol & Dhariwal 2021, §4).
 
     Args:
@@ -50,6 +50,8 @@ class RespacedDDPMScheduler:
         timesteps: the kept original timesteps τ_S > … > τ_1 (descending LongTensor ``[S]``): what the model sees.
         respaced: the S-step :class:`NoiseScheduler` built from β'; its step i is the original τ_{i+1}.
     """
+
+    _tables = ("respaced", "_index_of")
 
     def __init__(self, scheduler: NoiseScheduler, num_steps: int, spacing: str = "trailing") -> None:
         T = scheduler.num_timesteps
@@ -70,17 +72,6 @@ class RespacedDDPMScheduler:
     def __repr__(self) -> str:
         return f"RespacedDDPMScheduler(num_steps={self.num_steps}, spacing={self.spacing!r}, T={self.num_timesteps})"
 
-    @property
-    def device(self) -> torch.device:
-        return self.respaced.device
-
-    def to(self, device: str | torch.device) -> RespacedDDPMScheduler:
-        """Move the respaced tables and the underlying DDPM schedule to ``device``; return ``self``."""
-        self.base.to(device)
-        self.respaced.to(device)
-        self._index_of = self._index_of.to(device)
-        return self
-
     def respaced_index(self, t: torch.Tensor | int, batch_size: int = 1) -> torch.Tensor:
         """The respaced step i of each original timestep t = τ_{i+1}, as a ``[batch_size]`` LongTensor."""
         t = as_timestep_tensor(t, batch_size, self.num_timesteps, self._index_of.device)
@@ -90,14 +81,9 @@ class RespacedDDPMScheduler:
             raise ValueError(f"timesteps {bad} are not among the respaced timesteps {self.timesteps.tolist()}")
         return i
 
-    def step(
-        self,
-        x_t: torch.Tensor,
-        noise_pred: torch.Tensor,
-        t: torch.Tensor | int,
-        generator: torch.Generator | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """One ancestral step x_{τ_i} → x_{τ_{i−1}}; same signature as :meth:`NoiseScheduler.sample_prev_timestep`.
 
         ``t`` holds the *original* timesteps τ_i (what the model was called with); the step itself is DDPM's

@@ -171,7 +171,8 @@ def test_repr_and_devices(ddpm):
     assert on_meta.device.type == "meta" and on_meta._index_of.device.type == "meta"
     moved = RespacedDDPMScheduler(LinearNoiseScheduler(T), 10)
     assert moved.to("meta") is moved
-    assert {moved.device.type, moved.base.device.type, moved._index_of.device.type} == {"meta"}
+    on = {moved.device, moved.base.device, moved.respaced.device, moved._index_of.device}
+    assert {d.type for d in on} == {"meta"}
 
 
 def test_respaced_index(ddpm):
