@@ -20,25 +20,11 @@ from pathlib import Path
 
 import torch
 
+import sampling
 from common import argtypes as types
 from dataset.paths import REPO_ROOT
 from evaluation.classifier import DEFAULT_CLASSIFIER_PATH, load_classifier
 from evaluation.metrics import MetricsConfig, compute_metrics, format_metrics_table, load_mnist_reference
-from sampling import (
-    DEFAULT_GUIDANCE_SCALE,
-    DEFAULT_SAMPLER,
-    DEFAULT_SAMPLER_STEPS,
-    DEFAULT_STEPS,
-    SAMPLERS,
-    NonFiniteSamplesError,
-    SamplerConfig,
-    labels_in_rows,
-    sample_model,
-    save_grid_png,
-    save_samples_npz,
-    save_trajectory_gif,
-)
-from sampling.images import to_uint8
 from scheduler import SPACINGS
 
 logger = logging.getLogger(__name__)
@@ -86,13 +72,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="sample with the raw training weights (default: the EMA weights, when the checkpoint has them)")
     g.add_argument("--num-samples", type=types.positive_int, default=100, help="images to draw")
     g.add_argument("--num-grid-rows", type=types.positive_int, default=10, help="rows of samples/grid.png")
-    g.add_argument("--sampler", choices=SAMPLERS, default=None,
+    g.add_argument("--sampler", choices=sampling.SAMPLERS, default=None,
                    help="ddpm (Ho et al. 2020; respaced by --sample-steps), ddim (Song et al. 2021) or dpm-solver++ "
-                        f"(2M, Lu et al. 2022); default: {DEFAULT_SAMPLER} with {DEFAULT_SAMPLER_STEPS} steps")
+                        f"(2M, Lu et al. 2022); default: {sampling.DEFAULT_SAMPLER} with "
+                        f"{sampling.DEFAULT_SAMPLER_STEPS} steps")
     g.add_argument("--sample-steps", type=types.positive_int, default=None,
                    help="network calls per image: ddpm in [1, T] (default T, the full chain), ddim in [1, T] "
-                        f"(default {DEFAULT_STEPS['ddim']}), dpm-solver++ in [1, T-1] "
-                        f"(default {DEFAULT_STEPS['dpm-solver++']})")
+                        f"(default {sampling.DEFAULT_STEPS['ddim']}), dpm-solver++ in [1, T-1] "
+                        f"(default {sampling.DEFAULT_STEPS['dpm-solver++']})")
     g.add_argument("--eta", type=float, default=None,
                    help="DDIM η in [0, 1]: 0 deterministic (default), 1 DDPM-like noise")
     g.add_argument("--ddim-spacing", choices=SPACINGS, default=None,
@@ -114,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "grid row each (default: every class in turn)")
     g.add_argument("--guidance-scale", type=GUIDANCE_SCALE, default=None, metavar="W",
                    help="classifier-free guidance ε∅ + W(εc − ε∅): 0 unconditional, 1 conditional, "
-                        f">1 guided (default {DEFAULT_GUIDANCE_SCALE} for conditional checkpoints)")
+                        f">1 guided (default {sampling.DEFAULT_GUIDANCE_SCALE} for conditional checkpoints)")
     g.add_argument("--classifier-file", type=Path, default=DEFAULT_CLASSIFIER_PATH,
                    help="classifier weights for the metrics (sha256-checked against the .sha256 beside them)")
 
@@ -130,13 +117,13 @@ def output_dir(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Pat
     return Path(args.ckpt_file).parent
 
 
-def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> SamplerConfig:
-    """The :class:`SamplerConfig` the flags ask for (it validates their values); flags that do not apply to
-    --sampler are errors."""
-    name = args.sampler or DEFAULT_SAMPLER
+def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> sampling.SamplerConfig:
+    """The :class:`~sampling.SamplerConfig` the flags ask for (it validates their values); flags that do not
+    apply to --sampler are errors."""
+    name = args.sampler or sampling.DEFAULT_SAMPLER
     steps = args.sample_steps
     if args.sampler is None and steps is None:
-        steps = DEFAULT_SAMPLER_STEPS
+        steps = sampling.DEFAULT_SAMPLER_STEPS
     if args.eta is not None and name != "ddim":
         why = ("DDPM's reverse variance is fixed to β̃_t" if name == "ddpm"
                else "DPM-Solver++(2M) is a deterministic ODE solver")
@@ -146,8 +133,8 @@ def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     if not args.clip_x0 and name == "ddpm":
         parser.error("--no-clip-x0 applies to --sampler ddim and dpm-solver++ (DDPM forms its mean from ε, Eq. 11)")
     try:
-        return SamplerConfig(name, steps, 0.0 if args.eta is None else args.eta,
-                             args.ddim_spacing or SamplerConfig.spacing, args.clip_x0)
+        return sampling.SamplerConfig(name, steps, 0.0 if args.eta is None else args.eta,
+                             args.ddim_spacing or sampling.SamplerConfig.spacing, args.clip_x0)
     except ValueError as err:
         parser.error(str(err))
 
@@ -209,8 +196,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             logger.error("--num-samples %d cannot show the %d classes asked for; pass --num-samples %d or more",
                          args.num_samples, len(classes), len(classes))
             return EXIT_USER_ERROR
-        requested = labels_in_rows(classes, args.num_samples)
-        guidance = DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
+        requested = sampling.labels_in_rows(classes, args.num_samples)
+        guidance = sampling.DEFAULT_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
         logger.info("class-conditional: classes %s, guidance scale %g", classes, guidance)
 
     out_dir = output_dir(args, parser)
@@ -229,11 +216,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     num_traj = min(16, args.num_samples)
     start = time.perf_counter()
     try:
-        result = sample_model(model, scheduler, args.num_samples, config, requested, guidance,
+        result = sampling.sample_model(model, scheduler, args.num_samples, config, requested, guidance,
                               batch_size=args.batch_size, generator=generator, device=device,
                               trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
                               trajectory_images=num_traj)
-    except NonFiniteSamplesError as err:
+    except sampling.NonFiniteSamplesError as err:
         logger.error("%s: %s", ckpt_path, err)
         return EXIT_USER_ERROR
     seconds = time.perf_counter() - start
@@ -249,13 +236,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "labels": requested.tolist() if requested is not None else None,
         "sampling_seconds": round(seconds, 3), "images_per_second": args.num_samples / seconds,
     }
-    images = to_uint8(result.images)
-    save_grid_png(images, samples_dir / "grid.png", args.num_grid_rows)
-    save_samples_npz(images, samples_dir / "samples.npz", run_info)
+    images = sampling.to_uint8(result.images)
+    sampling.save_grid_png(images, samples_dir / "grid.png", args.num_grid_rows)
+    sampling.save_samples_npz(images, samples_dir / "samples.npz", run_info)
     written = [samples_dir / "grid.png", samples_dir / "samples.npz"]
     if result.trajectory is not None:
         rows = max(1, int(num_traj**0.5))
-        written.append(save_trajectory_gif(result.trajectory, samples_dir / "trajectory.gif", rows))
+        written.append(sampling.save_trajectory_gif(result.trajectory, samples_dir / "trajectory.gif", rows))
     logger.info("wrote %s", ", ".join(str(p) for p in written))
 
     # ------------------------------------------------------------------ score
