@@ -1,4 +1,4 @@
-"""Quality per CPU-minute: train for a fixed wall-clock budget, then sample with DDIM-50 and score.
+"""Quality per CPU-minute: train for a fixed wall-clock budget, then sample with the default sampler and score.
 
     python benchmarks/bench_quality.py --minutes 15                           # small, then diffusers-small
     python benchmarks/bench_quality.py --report                               # the table of every result so far
@@ -6,10 +6,10 @@
 Both models go through the same recipe — the repository's defaults (``TrainConfig``): batch 128 from the
 in-memory MNIST cache, t uniform, L_simple, AdamW with warm-up and the lr schedule driven by the elapsed
 fraction of ``--minutes``, gradient clipping, the power-law EMA — for ``--minutes`` of wall-clock training,
-then the EMA weights draw ``--num-samples`` digits with
-DDIM-50 (η = 0, trailing spacing). Scores: classifier-FID against the MNIST test set next to the
-real-vs-real floor at the same N, and the classifier score. Results go to ``<out-dir>/<model>.json`` and a
-sample grid to ``<out-dir>/<model>_grid.png``.
+then the EMA weights draw ``--num-samples`` digits with ``--sampler`` (default: the default sampler of
+``main.py --eval-ddpm-model``, respaced DDPM-50; results before 2026-11-29 used ``ddim:50``). Scores:
+classifier-FID against the MNIST test set next to the real-vs-real floor at the same N, precision/recall and the
+classifier score. Results go to ``<out-dir>/<model>.json`` and a sample grid to ``<out-dir>/<model>_grid.png``.
 
 Fairness: on an idle machine run the models one after the other (the default), each with every core; on a
 shared one run them at the same time in two processes with ``--num-threads 1`` each, so that the load hits
@@ -26,12 +26,20 @@ import time
 from pathlib import Path
 
 import torch
-from harness import REPO_ROOT, build_model, num_parameters, print_table
+from harness import REPO_ROOT, SAMPLER_SPEC, build_model, num_parameters, parse_sampler, print_table
 
 from dataset import load_training_set
 from evaluation.classifier import load_classifier
 from evaluation.metrics import compute_metrics, load_mnist_reference
-from sampling import SamplerConfig, model_eps_fn, sample_images, save_grid_png, to_uint8
+from sampling import (
+    DEFAULT_SAMPLER,
+    DEFAULT_SAMPLER_STEPS,
+    SamplerConfig,
+    model_eps_fn,
+    sample_images,
+    save_grid_png,
+    to_uint8,
+)
 from scheduler import LinearNoiseScheduler
 from training.batching import BatchSource
 from training.config import TrainConfig
@@ -81,10 +89,10 @@ def train_for(model: torch.nn.Module, minutes: float, seed: int, steps: int | No
     raise AssertionError("unreachable")
 
 
-def evaluate(model: torch.nn.Module, num_samples: int, seed: int, grid_path: Path) -> dict:
+def evaluate(model: torch.nn.Module, num_samples: int, seed: int, grid_path: Path, sampler: SamplerConfig) -> dict:
     scheduler = LinearNoiseScheduler()
     start = time.perf_counter()
-    result = sample_images(model_eps_fn(model), scheduler, num_samples, SamplerConfig("ddim", 50),
+    result = sample_images(model_eps_fn(model), scheduler, num_samples, sampler,
                            batch_size=250, generator=torch.Generator().manual_seed(seed), progress=False)
     seconds = time.perf_counter() - start
     images = to_uint8(result.images)
@@ -92,7 +100,8 @@ def evaluate(model: torch.nn.Module, num_samples: int, seed: int, grid_path: Pat
     classifier, _ = load_classifier()
     train_images, test_images = load_mnist_reference()
     metrics = compute_metrics(images, classifier, train_images, test_images)
-    return {"sample_seconds": seconds, "fid": metrics["fid"], "fid_floor": metrics["fid_real_floor"],
+    return {"sampler": sampler.describe(scheduler.num_timesteps), "sample_seconds": seconds, "fid": metrics["fid"],
+            "fid_floor": metrics["fid_real_floor"], "precision": metrics["precision"], "recall": metrics["recall"],
             "classifier_score": metrics["classifier_score"], "class_histogram": metrics["class_histogram"]}
 
 
@@ -104,7 +113,10 @@ def report(out_dir: Path) -> None:
         rows.append({"model": r["model"], "params": f"{r['params']:,}", "budget": budget,
                      "threads": r["threads"], "steps": r["steps"], "epochs": f"{r['epochs']:.2f}",
                      "train img/s": f"{r['images_per_s']:.0f}", "loss": f"{r['final_loss']:.4f}",
+                     "sampler": r.get("sampler", "ddim-50-eta0"),
                      f"FID (N={r['num_samples']})": f"{r['fid']:.2f}", "floor": f"{r['fid_floor']:.2f}",
+                     "precision / recall": (f"{r['precision']:.3f} / {r['recall']:.3f}" if r.get("precision")
+                                            is not None else "–"),
                      "score": f"{r['classifier_score']:.2f}"})
     if rows:
         print_table(rows, list(rows[0]))
@@ -116,7 +128,9 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=15.0, help="wall-clock training budget per model")
     parser.add_argument("--steps", type=int, default=None,
                         help="train exactly this many steps instead (recipe comparisons on a machine that is not idle)")
-    parser.add_argument("--num-samples", type=int, default=1000, help="DDIM-50 samples scored per model")
+    parser.add_argument("--num-samples", type=int, default=1000, help="samples scored per model")
+    parser.add_argument("--sampler", type=parse_sampler, default=f"{DEFAULT_SAMPLER}:{DEFAULT_SAMPLER_STEPS}",
+                        help=f"the sampler that draws them: {SAMPLER_SPEC} (the @ cap is ignored)")
     parser.add_argument("--num-threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=REPO_ROOT / "runs" / "bench_quality")
@@ -148,7 +162,8 @@ def main(argv=None) -> None:
         trained = train_for(model, args.minutes, args.seed, args.steps, **recipe)
         ema = trained.pop("ema").eval()
         with torch.inference_mode():
-            scores = evaluate(ema, args.num_samples, args.seed, args.out_dir / f"{file_stem}_grid.png")
+            scores = evaluate(ema, args.num_samples, args.seed, args.out_dir / f"{file_stem}_grid.png",
+                              args.sampler[0])
         result = {"model": label, "recipe": recipe, "params": num_parameters(model), "minutes": args.minutes,
                   "budget_steps": args.steps,
                   "threads": torch.get_num_threads(), "num_samples": args.num_samples, **trained, **scores}

@@ -134,7 +134,7 @@ def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
         parser.error("--no-clip-x0 applies to --sampler ddim and dpm-solver++ (DDPM forms its mean from ε, Eq. 11)")
     try:
         return sampling.SamplerConfig(name, steps, 0.0 if args.eta is None else args.eta,
-                             args.ddim_spacing or sampling.SamplerConfig.spacing, args.clip_x0)
+                                      args.ddim_spacing or sampling.SamplerConfig.spacing, args.clip_x0)
     except ValueError as err:
         parser.error(str(err))
 
@@ -217,9 +217,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     start = time.perf_counter()
     try:
         result = sampling.sample_model(model, scheduler, args.num_samples, config, requested, guidance,
-                              batch_size=args.batch_size, generator=generator, device=device,
-                              trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
-                              trajectory_images=num_traj)
+                                       batch_size=args.batch_size, generator=generator, device=device,
+                                       trajectory_frames=args.trajectory_frames if args.save_trajectory else 0,
+                                       trajectory_images=num_traj)
     except sampling.NonFiniteSamplesError as err:
         logger.error("%s: %s", ckpt_path, err)
         return EXIT_USER_ERROR
