@@ -4,12 +4,13 @@
     python benchmarks/bench_quality.py --report                               # the table of every result so far
 
 Both models go through the same recipe — the repository's defaults (``TrainConfig``): batch 128 from the
-in-memory MNIST cache, t uniform, L_simple, AdamW with warm-up and the lr schedule driven by the elapsed
-fraction of ``--minutes``, gradient clipping, the power-law EMA — for ``--minutes`` of wall-clock training,
-then the EMA weights draw ``--num-samples`` digits with ``--sampler`` (default: the default sampler of
-``main.py --eval-ddpm-model``, respaced DDPM-50; results before 2026-11-29 used ``ddim:50``). Scores:
-classifier-FID against the MNIST test set next to the real-vs-real floor at the same N, precision/recall and the
-classifier score. Results go to ``<out-dir>/<model>.json`` and a sample grid to ``<out-dir>/<model>_grid.png``.
+in-memory MNIST cache, t uniform, the ε-prediction loss with the default weighting (min-SNR-γ), AdamW with
+warm-up and the lr schedule driven by the elapsed fraction of ``--minutes``, gradient clipping, the power-law
+EMA — for ``--minutes`` of wall-clock training, then the EMA weights draw ``--num-samples`` digits with
+``--sampler`` (default: ``main.py --eval-ddpm-model``'s, respaced DDPM-50; results before 2026-11-29 used
+``ddim:50``). Scores: classifier-FID against the MNIST test set next to the real-vs-real floor at the same N,
+precision/recall and the classifier score. Results go to ``<out-dir>/<model>.json`` and a sample grid to
+``<out-dir>/<model>_grid.png``.
 
 Fairness: on an idle machine run the models one after the other (the default), each with every core; on a
 shared one run them at the same time in two processes with ``--num-threads 1`` each, so that the load hits
