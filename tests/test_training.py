@@ -204,8 +204,8 @@ def test_tiny_run_writes_every_artefact(tmp_path, data48, monkeypatch, caplog):
     samples = np.load(run / "samples" / "samples.npz")["images"]
     assert samples.shape == (100, 28, 28) and samples.dtype == np.uint8  # --final-samples 100 by default
     assert Image.open(run / "samples" / "grid.png").size == (10 * 30 + 2, 10 * 30 + 2)
-    for where in ("checkpoint:", "samples:", "loss curve:", "progress:", "continue:", "--resume", "sample:",
-                  "--eval-ddpm-model --ckpt-file"):
+    for where in ("checkpoint:", "samples:", "loss curve:", "progress:", "continue:", "--resume and a larger",
+                  "sample:", "--eval-ddpm-model --ckpt-file"):
         assert where in caplog.text
 
 
@@ -285,7 +285,8 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, da
         pass
 
 
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path, data48):
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path, data48, caplog):
+    caplog.set_level(logging.INFO)
     calls = []
 
     def loss_with_ctrl_c_at_step_3(*args):
@@ -304,6 +305,7 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path, data48):
     assert (ckpt["step"], ckpt["data_offset"]) == (3, 24)
     assert [r["step"] for r in read_metrics(run / "metrics.csv")] == [3]
     assert signal.getsignal(signal.SIGINT) is handler_before  # restored
+    assert "continue:    the same command with --resume\n" in caplog.text  # the budget did not run out: keep it
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])

@@ -437,7 +437,7 @@ def write_config_json(path: Path, resolved: dict) -> None:
     os.replace(tmp, path)
 
 
-def log_where_things_are(config, grid: Path | None) -> None:
+def log_where_things_are(config, grid: Path | None, stop_reason: str) -> None:
     run = config.run_dir
     logger.info("checkpoint:  %s", config.ckpt_path)
     if grid is not None:
@@ -447,6 +447,9 @@ def log_where_things_are(config, grid: Path | None) -> None:
         logger.info("progress:    %s", run / "viz" / "progress.gif")
     if config.tensorboard:
         logger.info("tensorboard: tensorboard --logdir %s", run / "tb")
-    logger.info("continue:    python main.py --train-ddpm-model --task-name %s --resume (with a larger --max-steps, "
-                "--num-epochs or --max-minutes)", run)
+    if stop_reason == "interrupted":  # every flag again (--conditional, the budget, ...): the recipe must match
+        logger.info("continue:    the same command with --resume")
+    else:
+        logger.info("continue:    the same command with --resume and a larger --max-steps, --num-epochs or "
+                    "--max-minutes")
     logger.info("sample:      python main.py --eval-ddpm-model --ckpt-file %s --num-samples 100", config.ckpt_path)

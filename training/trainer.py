@@ -249,7 +249,7 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         logger.info("stopped (%s) at step %d, %d epoch(s) complete; last loss %.4f", stop_reason, state.step,
                     state.epoch, monitor.last_loss)
         if ctx.is_main:
-            log_where_things_are(config, grid)
+            log_where_things_are(config, grid, stop_reason)
         return TrainResult(state.step, state.epoch, monitor.last_loss, stop_reason, config.ckpt_path, state)
 
 
