@@ -57,17 +57,21 @@ def draw_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator |
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
+def check_same_shape(tensor: torch.Tensor, name: str, x: torch.Tensor, x_name: str = "x_t") -> None:
+    """Raise ValueError naming both unless ``tensor`` (e.g. noise_pred) has the shape of ``x``."""
+    if tensor.shape != x.shape:
+        raise ValueError(f"{name} shape {tuple(tensor.shape)} must equal {x_name} shape {tuple(x.shape)}")
+
+
 def check_noise_pred(x_t: torch.Tensor, noise_pred: torch.Tensor) -> None:
-    if noise_pred.shape != x_t.shape:
-        raise ValueError(f"noise_pred shape {tuple(noise_pred.shape)} must equal x_t shape {tuple(x_t.shape)}")
+    check_same_shape(noise_pred, "noise_pred", x_t)
 
 
 def step_noise(x_t: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None) -> torch.Tensor:
     """z for a stochastic step from ``x_t``: ``noise`` itself (checked, moved to x_t's device) or drawn."""
     if noise is None:
         return draw_noise(x_t.shape, generator, x_t.device, x_t.dtype)
-    if noise.shape != x_t.shape:
-        raise ValueError(f"noise shape {tuple(noise.shape)} must equal x_t shape {tuple(x_t.shape)}")
+    check_same_shape(noise, "noise", x_t)
     return noise.to(x_t.device)
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from scheduler.extract import as_timestep_tensor, check_noise_pred, extract, step_noise
+from scheduler.extract import as_timestep_tensor, check_noise_pred, check_same_shape, extract, step_noise
 
 MIN_ALPHA_BAR = 1e-30  # ᾱ_T below this leaves float32's normal range once square-rooted and inverted
 
@@ -143,8 +143,7 @@ class NoiseScheduler:
         Args:
             x0: clean images ``[B, ...]``. noise: ε, same shape. t: ``[B]`` LongTensor or an int.
         """
-        if noise.shape != x0.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
+        check_same_shape(noise, "noise", x0, "x0")
         t = as_timestep_tensor(t, x0.shape[0], self.num_timesteps, x0.device)
         return extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(
             self.sqrt_one_minus_alphas_cumprod, t, x0
