@@ -74,13 +74,11 @@ def run_process(entry=main, load=load_libraries) -> int:
         if received:
             raise KeyboardInterrupt
         return entry()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception:
-        if not received:
+    except (KeyboardInterrupt, Exception) as err:
+        # an Exception after a signal: a library swallowed the KeyboardInterrupt half-way through a later import,
+        # and importing it again failed
+        if not (received or isinstance(err, KeyboardInterrupt)):
             raise
-        # a library swallowed the KeyboardInterrupt half-way through a later import, and importing it again failed
         print("interrupted", file=sys.stderr)
         return 130
     finally:
