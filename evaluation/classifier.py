@@ -157,8 +157,10 @@ def classify_uint8(
 
     Returns float64 CPU tensors ``(features [N, feature_dim], probs [N, num_classes])``.
     """
-    if images.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 images (0..255), got dtype {images.dtype}")
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        got = f"a {type(images).__name__}" if not isinstance(images, torch.Tensor) else f"dtype {images.dtype}"
+        raise ValueError(f"expected a uint8 torch.Tensor of images (0..255), got {got}; "
+                         "numpy arrays go through torch.from_numpy")
     if model.training:
         raise ValueError("the classifier is in training mode (dropout on); call model.eval() first")
     if images.dim() == 3:

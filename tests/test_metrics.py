@@ -343,8 +343,10 @@ def test_classifier_round_trip_and_checksum(tmp_path, stand_in_classifier):
 
 
 def test_classifier_refuses_bad_input(stand_in_classifier):
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(ValueError, match="got dtype torch.float32"):
         classify_uint8(stand_in_classifier, torch.rand(2, 28, 28))
+    with pytest.raises(ValueError, match="got a ndarray; numpy arrays go through torch.from_numpy"):
+        classify_uint8(stand_in_classifier, np.zeros((2, 28, 28), np.uint8))
     with pytest.raises(ValueError, match=r"\[B, 1, 28, 28\]"):
         stand_in_classifier.features(torch.rand(2, 3, 28, 28))
 

@@ -27,6 +27,7 @@ from fault_injection import write_digits
 from PIL import Image
 
 import main as entry
+from common.argtypes import MAX_INT
 from common.checkpoint import FORMAT, build_model_from_checkpoint, export_weights, load_checkpoint
 from common.run_lock import RunLock
 from training import cli, trainer
@@ -72,6 +73,14 @@ def test_run_progress_is_the_larger_of_steps_and_clock_fractions():
     assert trainer.run_progress(25, 100, 30.0, 60.0) == 0.5  # --max-minutes ends it sooner
     assert trainer.run_progress(90, 100, 30.0, 60.0) == 0.9
     assert trainer.run_progress(10, 100, 120.0, 60.0) == 1.0  # budget spent: clipped
+
+
+def test_the_run_horizon_names_a_last_step_only_when_one_bounds_the_run():
+    assert trainer._horizon(TrainConfig(num_epochs=MAX_INT, max_minutes=15), 10**12) == "15 minutes"
+    assert trainer._horizon(TrainConfig(num_epochs=MAX_INT, max_minutes=15, max_steps=900), 900) == \
+        "step 900 or 15 minutes"
+    assert trainer._horizon(TrainConfig(num_epochs=2, max_minutes=1.5), 936) == "step 936 or 1.5 minutes"
+    assert trainer._horizon(TrainConfig(num_epochs=2), 936) == "step 936"
 
 
 def test_power_law_ema_decay_and_its_cap():

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from common.argtypes import MAX_INT
 from common.progress import progress_bar
 from sampling import (
     DEFAULT_SAMPLER,
@@ -380,8 +381,9 @@ class Monitor:
         self.t_window = time.perf_counter()
 
     def start_epoch(self, state, global_batch: int) -> None:
+        of_epochs = "" if self.config.num_epochs == MAX_INT else f"/{self.config.num_epochs}"  # MAX_INT: time-bounded
         self.bar = progress_bar(total=self.steps_per_epoch, initial=state.offset // global_batch, unit="step",
-                                desc=f"epoch {state.epoch + 1}/{self.config.num_epochs}", dynamic_ncols=True,
+                                desc=f"epoch {state.epoch + 1}{of_epochs}", dynamic_ncols=True,
                                 leave=False, disable=not self.write)
 
     def step(self, state, loss: float, grad_norm: float, images: int, lr: float) -> None:

@@ -31,6 +31,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from common.argtypes import MAX_INT
 from common.checkpoint import FORMAT, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from common.device import resolve_device
 from common.run_lock import RunLock
@@ -179,9 +180,9 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
         total_steps = config.num_epochs * batches.steps_per_epoch
         last_step = min(total_steps, config.max_steps or total_steps)
         max_seconds = 60 * config.max_minutes if config.max_minutes is not None else math.inf
-        until = f"step {last_step}" + (f" or {config.max_minutes:g} minutes" if config.max_minutes else "")
         logger.info("training %s on %s: %d images, %d steps/epoch, until %s; run folder %s", config.model,
-                    ctx.device, batches.num_samples, batches.steps_per_epoch, until, config.run_dir)
+                    ctx.device, batches.num_samples, batches.steps_per_epoch, _horizon(config, last_step),
+                    config.run_dir)
 
         def save(reason: str) -> int:
             if ctx.is_main:
@@ -321,6 +322,12 @@ def _set_up(config: TrainConfig, model_config: UNetConfig, diffusion_config: Dif
                            ctx.world_size, config.grad_clip, config.cond_drop if config.conditional else None,
                            config.min_snr_gamma if config.loss_weighting == "min-snr" else None, loss_fn)
     return _Run(state, batches, monitor, step_ctx, header, ckpt is not None)
+
+
+def _horizon(config: TrainConfig, last_step: int) -> str:
+    """The run's end in words: a time budget alone has no meaningful last step (num_epochs is MAX_INT)."""
+    ends = [] if config.num_epochs == MAX_INT and config.max_steps is None else [f"step {last_step}"]
+    return " or ".join(ends + ([f"{config.max_minutes:g} minutes"] if config.max_minutes else []))
 
 
 def _end_reached(state: TrainState, last_step: int, total_steps: int, num_epochs: int, out_of_time: bool,
