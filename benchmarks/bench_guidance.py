@@ -7,7 +7,8 @@ For each scale w the default sampler (as ``main.py --eval-ddpm-model`` draws) dr
 every digit in turn (N/10 per class, the same labels and seed for every w), scored by
 :func:`evaluation.metrics.compute_metrics` exactly as ``main.py --eval-ddpm-model --guidance-scale W --metrics``
 scores them: label accuracy (the classifier agrees with the requested digit), classifier-FID against the MNIST
-test set beside its real-vs-real floor at the same N, and precision/recall (k = 3).
+test set beside its real-vs-real floor at the same N (training digits of the same classes), and
+precision/recall (k = 3).
 
 Output: a Markdown table on stdout; every metric in ``<out-dir>/bench.json``.
 """
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     config = args.sampler[0]
     labels = labels_in_rows(list(range(model.config.num_classes)), args.num_samples)
     classifier, _ = load_classifier(args.classifier_file)
-    train_images, test_images = load_mnist_reference()
+    train_images, test_images, train_labels = load_mnist_reference()
     results, rows = [], []
     for w in args.scales:
         start = time.perf_counter()
@@ -58,11 +59,11 @@ def main(argv: list[str] | None = None) -> None:
                                   generator=torch.Generator().manual_seed(args.seed), progress=False)
         seconds = time.perf_counter() - start
         m = compute_metrics(to_uint8(result.images), classifier, train_images, test_images,
-                            requested_labels=labels.numpy())
+                            requested_labels=labels.numpy(), train_labels=train_labels)
         results.append({"guidance_scale": w, "seconds": seconds, "metrics": m})
         rows.append({"w": f"{w:g}", "label accuracy": f"{m['label_accuracy']['overall']:.3f}",
                      f"classifier-FID (N = {args.num_samples})": f"{m['fid']:.2f}",
-                     "real floor": f"{m['fid_real_floor']:.2f}",
+                     "real floor (same classes)": f"{m['fid_real_floor']:.2f}",
                      "precision / recall": f"{m['precision']:.3f} / {m['recall']:.3f}",
                      "images/s": f"{args.num_samples / seconds:.1f}"})
         print(json.dumps(rows[-1]), flush=True)

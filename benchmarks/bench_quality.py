@@ -99,7 +99,7 @@ def evaluate(model: torch.nn.Module, num_samples: int, seed: int, grid_path: Pat
     images = to_uint8(result.images)
     save_grid_png(images[:100], grid_path, 10, scale=2)
     classifier, _ = load_classifier()
-    train_images, test_images = load_mnist_reference()
+    train_images, test_images, _ = load_mnist_reference()
     metrics = compute_metrics(images, classifier, train_images, test_images)
     return {"sampler": sampler.describe(scheduler.num_timesteps), "sample_seconds": seconds, "fid": metrics["fid"],
             "fid_floor": metrics["fid_real_floor"], "precision": metrics["precision"], "recall": metrics["recall"],

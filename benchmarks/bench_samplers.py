@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         config.describe(T)  # fail before any sampling if a setting does not fit this checkpoint's T
     ckpt_sha = hashlib.sha256(args.ckpt_file.read_bytes()).hexdigest()
     classifier, clf_meta = load_classifier(args.classifier_file)
-    train_images, test_images = load_mnist_reference()
+    train_images, test_images, _ = load_mnist_reference()
     metrics_config = MetricsConfig()
 
     rows = []

@@ -248,10 +248,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     # ------------------------------------------------------------------ score
     if args.metrics:
         try:
-            train_images, test_images = load_mnist_reference()
+            train_images, test_images, train_labels = load_mnist_reference()
             metrics = compute_metrics(images, classifier, train_images, test_images,
                                       MetricsConfig(nn_reference_size=args.metrics_nn_reference),
-                                      requested_labels=requested.numpy() if requested is not None else None)
+                                      requested_labels=requested.numpy() if requested is not None else None,
+                                      train_labels=train_labels)
         except (FileNotFoundError, ValueError) as err:
             logger.error("metrics not computed: %s", err)
             return EXIT_USER_ERROR

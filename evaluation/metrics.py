@@ -5,7 +5,9 @@ is drawn at the samples' N with a fixed seed, so runs are comparable.
 
 - **classifier-FID** (Heusel et al., 2017, φ in place of Inception): :func:`frechet_distance` between Gaussians
   fitted to φ of the N samples and of the 10,000 MNIST test digits; its **real-vs-real floor** is the same FID
-  for N random *training* digits (FID is biased upwards at small N).
+  for N random *training* digits (FID is biased upwards at small N). When the samples were asked for classes
+  (a conditional model), the floor's training digits have exactly those classes: a class-balanced sample scores
+  lower than a random one, so only a floor with the same classes is a fair comparison.
 - **classifier score**: exp(E_x KL(p(y|x) ‖ p(y))), p(y) the mean of p(y|x) (Salimans et al., 2016, one split).
 - **class histogram** of argmax p(y|x), and its effective number of classes exp(H(histogram/N)) ∈ [1, 10].
 - **mean max-probability**: E_x max_y p(y|x), from 0.1 (uniform) to 1 (certain).
@@ -222,18 +224,30 @@ def label_accuracy(probs: np.ndarray | torch.Tensor, requested: np.ndarray | tor
     return {"overall": float(hit.mean()), "per_class": per_class}
 
 
-def load_mnist_reference() -> tuple[np.ndarray, np.ndarray]:
-    """The md5-verified MNIST digits the metrics compare against: uint8 train [60000, 28, 28], test [10000, 28, 28]."""
+def load_mnist_reference() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The md5-verified MNIST digits the metrics compare against: uint8 train [60000, 28, 28], test
+    [10000, 28, 28], and the train labels [60000] (for the floor of class-conditional samples)."""
     from dataset import load_mnist_idx
 
-    train_images, _ = load_mnist_idx("train")
+    train_images, train_labels = load_mnist_idx("train")
     test_images, _ = load_mnist_idx("test")
-    return train_images, test_images
+    return train_images, test_images, train_labels
 
 
-def floor_digits(train_images: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """The N random training digits of the real-vs-real FID floor (a fixed draw for each (N, seed))."""
-    return train_images[np.random.default_rng([seed, 0]).choice(len(train_images), size=n, replace=False)]
+def floor_digits(train_images: np.ndarray, n: int, seed: int, train_labels: np.ndarray | None = None,
+                 labels: np.ndarray | None = None) -> np.ndarray:
+    """The N training digits of the real-vs-real FID floor, a fixed draw for each (N, seed): random ones, or
+    with ``labels [N]`` one digit of class ``labels[i]`` in place i (``train_labels`` gives the classes)."""
+    rng = np.random.default_rng([seed, 0])
+    if labels is None:
+        return train_images[rng.choice(len(train_images), size=n, replace=False)]
+    index = np.empty(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        places, pool = np.flatnonzero(labels == c), np.flatnonzero(train_labels == c)
+        if len(places) > len(pool):
+            raise ValueError(f"the floor needs {len(places)} training digits of class {c}, there are {len(pool)}")
+        index[places] = rng.choice(pool, size=len(places), replace=False)
+    return train_images[index]
 
 
 def nn_reference_digits(test_images: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -255,10 +269,12 @@ def compute_metrics(
     test_images: np.ndarray,
     config: MetricsConfig | None = None,
     requested_labels: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
 ) -> dict:
     """All metrics for uint8 ``samples [N, 28, 28]`` against MNIST (uint8 train and test images).
 
-    ``requested_labels [N]``: the classes a conditional model was asked for; adds ``label_accuracy``.
+    ``requested_labels [N]``: the classes a conditional model was asked for; adds ``label_accuracy`` and draws the
+    floor's digits with the same classes, which needs the training digits' ``train_labels``.
     Returns a JSON-ready dict (see the module docstring for the definitions).
     """
     config = config if config is not None else MetricsConfig()
@@ -269,7 +285,11 @@ def compute_metrics(
         raise ValueError(f"FID needs at least 2 samples, got {n}")
     if n > len(train_images):
         raise ValueError(f"the real-vs-real floor needs N <= {len(train_images)} training digits, got N = {n}")
-    real = floor_digits(train_images, n, config.seed)
+    if requested_labels is not None and (train_labels is None or len(train_labels) != len(train_images)):
+        raise ValueError("class-conditional samples need train_labels (one per training digit) for their floor")
+    if requested_labels is not None and len(requested_labels) != n:
+        raise ValueError(f"requested_labels has {len(requested_labels)} labels for {n} samples")
+    real = floor_digits(train_images, n, config.seed, train_labels, requested_labels)
     nn_ref = nn_reference_digits(test_images, config.nn_reference_size, config.seed)
 
     def classify(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,6 +320,8 @@ def compute_metrics(
         "fid_reference": f"MNIST test set ({len(test_images)} digits)",
         "fid": frechet_distance(*gaussian_stats(feats_gen), *stats_test),
         "fid_real_floor": frechet_distance(*gaussian_stats(feats_real), *stats_test),
+        "fid_real_floor_digits": "random training digits" if requested_labels is None
+        else "training digits of the requested classes",
         "classifier_score": classifier_score(probs_gen),
         "classifier_score_real": classifier_score(probs_real),
         "mean_max_prob": mean_max_prob(probs_gen),

@@ -170,7 +170,8 @@ def test_metrics_flag_writes_json_and_prints_table(ckpt_file, tmp_path, monkeypa
     clf_path = tmp_path / "clf.pth"
     save_classifier(clf_path, MNISTClassifier(ClassifierConfig(channels=(4,), feature_dim=8)), test_accuracy=0.1)
     rng = np.random.default_rng(0)
-    fake = (rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), rng.integers(0, 256, (100, 28, 28), dtype=np.uint8))
+    fake = (rng.integers(0, 256, (200, 28, 28), dtype=np.uint8), rng.integers(0, 256, (100, 28, 28), dtype=np.uint8),
+            np.arange(200) % 10)
     monkeypatch.setattr(eval_cli, "load_mnist_reference", lambda: fake)  # keep the test off the 70k digits
     out = tmp_path / "eval"
     assert run_eval("--ckpt-file", str(ckpt_file), "--task-name", str(out), "--sampler", "ddim", "--sample-steps",

@@ -306,6 +306,29 @@ def test_precision_recall_in_compute_metrics(stand_in_classifier, fake_mnist):
     assert "precision" in format_metrics_table(small)
 
 
+def test_conditional_samples_get_a_floor_of_training_digits_of_the_requested_classes(stand_in_classifier,
+                                                                                     fake_mnist):
+    """A class-balanced sample scores a lower FID than a random one, so the floor must have the same classes."""
+    train, test = fake_mnist
+    train_labels = np.arange(len(train)) % 10
+    requested = np.random.default_rng(3).permutation(np.repeat(np.arange(10), 4))  # 4 of each class, shuffled
+    floor = floor_digits(train, 40, 0, train_labels, requested)
+    where = [int(np.flatnonzero((train == image).all(axis=(1, 2)))[0]) for image in floor]
+    assert (train_labels[where] == requested).all() and len(set(where)) == 40  # place by place, no repeats
+    assert (floor_digits(train, 40, 0) == train[np.random.default_rng([0, 0]).choice(300, 40, replace=False)]).all()
+
+    samples = np.random.default_rng(8).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    m = compute_metrics(samples, stand_in_classifier, train, test, MetricsConfig(nn_reference_size=20),
+                        requested_labels=requested, train_labels=train_labels)
+    feats = lambda images: classify_uint8(stand_in_classifier, torch.from_numpy(images))[0]  # noqa: E731
+    assert m["fid_real_floor"] == frechet_distance(*gaussian_stats(feats(floor)), *gaussian_stats(feats(test)))
+    assert m["fid_real_floor_digits"] == "training digits of the requested classes"
+    with pytest.raises(ValueError, match="need train_labels"):
+        compute_metrics(samples, stand_in_classifier, train, test, requested_labels=requested)
+    with pytest.raises(ValueError, match="needs 40 training digits of class 3, there are 30"):
+        floor_digits(train, 40, 0, train_labels, np.full(40, 3))
+
+
 def test_copies_of_training_digits_are_flagged(stand_in_classifier, fake_mnist):
     train, test = fake_mnist
     m = compute_metrics(train[:30], stand_in_classifier, train, test, MetricsConfig(nn_reference_size=50))
