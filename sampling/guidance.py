@@ -18,8 +18,8 @@ from torch import nn
 
 from sampling.sampler import EpsFn, SamplerConfig, SampleResult, model_eps_fn, sample_images
 
-# The best label-accuracy / FID trade-off for the shipped conditional checkpoint (README).
-DEFAULT_GUIDANCE_SCALE = 2.0
+# Where the shipped conditional checkpoint keeps label accuracy >= 0.99 at every seed measured (README).
+DEFAULT_GUIDANCE_SCALE = 1.15
 
 
 def guided_eps_fn(model: nn.Module, labels: torch.Tensor, guidance_scale: float) -> EpsFn:
