@@ -181,6 +181,11 @@ class TrainConfig(DictConfig):
     def ckpt_path(self) -> Path:
         return self.run_dir / self.ckpt_save_name
 
+    @property
+    def epoch_limit(self) -> int | None:
+        """``num_epochs``, or None when it is MAX_INT: a time budget alone bounds the run."""
+        return None if self.num_epochs == MAX_INT else self.num_epochs
+
 
 
 # Fields that change the optimisation itself. Resuming with different values is allowed (e.g. a lower lr for

@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from common.argtypes import MAX_INT
 from common.progress import progress_bar
 from sampling import (
     DEFAULT_SAMPLER,
@@ -381,7 +380,7 @@ class Monitor:
         self.t_window = time.perf_counter()
 
     def start_epoch(self, state, global_batch: int) -> None:
-        of_epochs = "" if self.config.num_epochs == MAX_INT else f"/{self.config.num_epochs}"  # MAX_INT: time-bounded
+        of_epochs = "" if self.config.epoch_limit is None else f"/{self.config.epoch_limit}"
         self.bar = progress_bar(total=self.steps_per_epoch, initial=state.offset // global_batch, unit="step",
                                 desc=f"epoch {state.epoch + 1}{of_epochs}", dynamic_ncols=True,
                                 leave=False, disable=not self.write)

@@ -31,7 +31,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from common.argtypes import MAX_INT
 from common.checkpoint import FORMAT, load_checkpoint, remove_stale_temp_files, save_checkpoint
 from common.device import resolve_device
 from common.run_lock import RunLock
@@ -325,8 +324,8 @@ def _set_up(config: TrainConfig, model_config: UNetConfig, diffusion_config: Dif
 
 
 def _horizon(config: TrainConfig, last_step: int) -> str:
-    """The run's end in words: a time budget alone has no meaningful last step (num_epochs is MAX_INT)."""
-    ends = [] if config.num_epochs == MAX_INT and config.max_steps is None else [f"step {last_step}"]
+    """The run's end in words: a time budget alone has no meaningful last step."""
+    ends = [] if config.epoch_limit is None and config.max_steps is None else [f"step {last_step}"]
     return " or ".join(ends + ([f"{config.max_minutes:g} minutes"] if config.max_minutes else []))
 
 
