@@ -87,7 +87,7 @@ def test_preset_overrides_and_parameter_counts():
     assert rgb.config.im_channels == 3 and rgb(torch.randn(1, 3, 28, 28), 1).shape == (1, 3, 28, 28)
     # Pinned so that an accidental architecture change is noticed (shipped checkpoints depend on it).
     assert {n: UNet.from_preset(n).num_parameters() for n in PRESETS} == {
-        "tiny": 47_721, "small": 639_073, "base": 9_888_449}
+        "tiny": 47_721, "small": 639_073, "medium": 963_601, "base": 9_888_449}
 
 
 def test_small_preset_flop_budget():

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="class-folder image tree <path>/<class>/<image>; the default stands for the bundled MNIST "
                         "training digits, read straight from their IDX files")
     g.add_argument("--model", default=_DEFAULTS.model, choices=sorted(PRESETS),
-                   help="UNet preset: tiny (tests), small (CPU), base (GPU)")
+                   help="UNet preset: tiny (tests), small (CPU default), medium (the shipped weights), base (GPU)")
     g.add_argument("--batch-size", type=types.positive_int, default=_DEFAULTS.batch_size, help="images per step")
     g.add_argument("--num-epochs", type=int, default=None,
                    help=f"passes over the data (default {_DEFAULTS.num_epochs}; with --max-minutes alone, as many as "
