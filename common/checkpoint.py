@@ -20,10 +20,10 @@ data_offset         samples of epoch ``epoch``'s permutation already consumed (e
 num_samples         dataset size the data order was drawn for
 world_size          data-parallel ranks of the run that wrote it (1 if absent); ``train_config.batch_size``
                     is per rank, so the global batch is their product and ``data_offset`` counts global samples
+train_seconds       training clock over all sessions (``--max-minutes`` counts it)
+class_names         the training data's class folders in label order, or ``None``
 rng                 ``{"torch": uint8, "cuda": [uint8, ...], "noise": uint8, "noise_device": str}``
 ==================  =================================================================================
-
-Every load in the repository goes through :func:`load_checkpoint`.
 """
 
 from __future__ import annotations
@@ -57,13 +57,9 @@ class CheckpointError(ValueError):
 
 # ---------------------------------------------------------------------------------------------- writing
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` to ``path`` atomically: a temp file beside it, fsync, then ``os.replace``.
-
-    On any exception (including KeyboardInterrupt) the temp file is removed and an existing checkpoint at
-    ``path`` is untouched. OSErrors (a full disk, a read-only folder) are re-raised as OSError naming ``path``;
-    other errors as CheckpointError. Weights (``state["model"]``, ``state["ema"]``) holding NaN/inf are refused
-    before anything is written: a diverged model must never replace the last good checkpoint.
-    """
+    """Write ``state`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``); on any failure the
+    temp file is removed and the old checkpoint kept. Weights holding NaN/inf are refused before anything is
+    written: a diverged model must never replace the last good checkpoint."""
     path = Path(path)
     for key in ("model", "ema"):
         bad = _non_finite_keys(state.get(key))
@@ -90,7 +86,12 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         if isinstance(err, Exception):
             raise CheckpointError(f"could not write checkpoint {path}: {type(err).__name__}: {err}") from err
         raise
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _non_finite_keys(state_dict: Any) -> list[str]:
@@ -101,33 +102,15 @@ def _non_finite_keys(state_dict: Any) -> list[str]:
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temp_files(path: str | Path) -> int:
-    """Delete temp files a killed :func:`save_checkpoint` left beside ``path``; returns how many.
-
-    Call only while holding the run folder's lock (nobody else may be writing there).
-    """
+    """Delete the temp files a killed :func:`save_checkpoint` left beside ``path``; returns how many.
+    Call only while holding the run folder's lock."""
     path = Path(path)
     removed = 0
     for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
             removed += 1
-        except OSError:
-            pass
     if removed:
         logger.info("removed %d temp file(s) of an interrupted checkpoint write beside %s", removed, path)
     return removed
@@ -135,13 +118,7 @@ def remove_stale_temp_files(path: str | Path) -> int:
 
 # ---------------------------------------------------------------------------------------------- reading
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint onto the CPU, always with ``weights_only=True``, and check it.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        CheckpointError: empty, truncated, random or foreign file; a pickle holding arbitrary objects
-            (refused, never executed); a dict without ``format == "ddpm-mnist/1"`` or a required key.
-    """
+    """Read a checkpoint onto the CPU, always with ``weights_only=True``, and :func:`check_checkpoint` it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -150,42 +127,34 @@ def load_checkpoint(path: str | Path) -> dict:
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write that made it did not finish")
+    unreadable = f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a PyTorch file"
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it better
             warnings.simplefilter("ignore", UserWarning)
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # the safe loader refused the file before running anything in it
         if "GLOBAL" in str(err):
-            raise CheckpointError(
-                f"refusing to load {path}: it holds a Python object besides tensors and unpickling it could execute "
-                "code; the safe loader (weights_only=True) refused it, so nothing in the file was run. Treat the file "
-                "as untrusted") from None
-        raise CheckpointError(f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a "
-                              "PyTorch file of tensors; the safe loader (weights_only=True) refused it without running "
-                              "anything") from None
+            raise CheckpointError(f"refusing to load {path}: it holds a Python object that could execute code; "
+                                  "weights_only=True refused it, so nothing in the file was run. Treat it as "
+                                  "untrusted") from None
+        raise CheckpointError(f"{unreadable}; the safe loader refused it without running anything") from None
     except PermissionError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
     except Exception as err:  # torch.load on a damaged file raises many kinds of error
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({size} bytes): it is truncated, corrupt or not a "
-                              f"PyTorch file ({type(err).__name__}: {first})") from None
+        raise CheckpointError(f"{unreadable} ({type(err).__name__}: {first})") from None
     check_checkpoint(ckpt, path)
     return ckpt
 
 
 def check_checkpoint(ckpt: Any, source: str | Path = "checkpoint") -> None:
-    """Raise CheckpointError unless ``ckpt`` is a dict in this repository's format with the required keys."""
+    """Raise CheckpointError unless ``ckpt`` is a dict in this repository's format with sane required keys."""
     if not isinstance(ckpt, dict):
-        raise CheckpointError(
-            f"{source} holds a {type(ckpt).__name__}, not a checkpoint dict of this repository "
-            f"(format {FORMAT!r})"
-        )
+        raise CheckpointError(f"{source} holds a {type(ckpt).__name__}, not a checkpoint dict of this repository")
     if ckpt.get("format") != FORMAT:
         found = ckpt.get("format", "<no 'format' key>")
-        raise CheckpointError(
-            f"{source} is not a {FORMAT!r} checkpoint (format: {found!r}; keys: {_names(sorted(map(str, ckpt)))}). "
-            "It was not written by this repository's trainer or export_weights"
-        )
+        raise CheckpointError(f"{source} is not a {FORMAT!r} checkpoint (format: {found!r}; keys: "
+                              f"{_names(sorted(map(str, ckpt)))})")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{source} lacks required key(s) {missing}")
@@ -201,9 +170,6 @@ def check_checkpoint(ckpt: Any, source: str | Path = "checkpoint") -> None:
     for key in ("model_config", "diffusion_config", "train_config"):
         if not isinstance(ckpt[key], dict):
             raise CheckpointError(f"{source}[{key!r}] must be a dict, got {type(ckpt[key]).__name__}")
-    names = ckpt.get("class_names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise CheckpointError(f"{source}['class_names'] must be a list of class-folder names, got {names!r:.80}")
 
 
 def _names(keys: list[str]) -> str:
@@ -227,8 +193,23 @@ def configs_from_checkpoint(ckpt: dict, source: str = "checkpoint") -> tuple[UNe
     return model_config, diffusion_config
 
 
-def _fit_problems(expected: dict, state_dict: dict) -> list[str]:
-    """What keeps ``state_dict`` from loading into a module whose state dict is ``expected``."""
+def _check_weights(model_config: UNetConfig, state_dict: Any, what: str) -> None:
+    """Raise CheckpointError naming whatever keeps ``state_dict`` from loading into the UNet ``model_config``
+    describes: missing, extra or mis-fitting tensors, then NaN/inf or absurdly large values.
+
+    That UNet is never allocated: a hostile or damaged config (channels=(2**20, ...), layers_per_block=10**7)
+    would exhaust memory before the weights are compared. It is built on the ``meta`` device (shapes only), after
+    a cheap depth bound — every layer and level holds at least one tensor."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{what} must be a state dict, got {type(state_dict).__name__}")
+    depth = model_config.layers_per_block + model_config.mid_layers + len(model_config.channels)
+    if depth > len(state_dict):
+        raise CheckpointError(
+            f"{what} does not fit the model its config describes: the config has layers_per_block="
+            f"{model_config.layers_per_block}, mid_layers={model_config.mid_layers} and "
+            f"{len(model_config.channels)} widths, more than the {len(state_dict)} tensors stored")
+    with torch.device("meta"):
+        expected = UNet(model_config).state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(map(str, set(state_dict) - set(expected)))
     mismatched = []
@@ -246,54 +227,24 @@ def _fit_problems(expected: dict, state_dict: dict) -> list[str]:
             mismatched.append(f"{k} is {got.dtype}, the model's is {v.dtype}")
         elif got.untyped_storage().nbytes() < got.numel() * got.element_size():  # zero strides: checking it allocates
             mismatched.append(f"{k} stores fewer values than its shape holds")
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
-    if mismatched:
-        problems.append(f"mismatch: {_names(mismatched)}")
-    if problems:
-        return problems  # values are only looked at in a state dict whose every tensor fits the model
-    non_finite = _non_finite_keys(state_dict)
-    if non_finite:
-        problems.append(f"NaN/inf values in {_names(non_finite)} (saved from a diverged run?)")
-    huge = [str(k) for k, v in state_dict.items() if v.is_floating_point() and v.numel() and v.abs().max() > MAX_ABS]
-    if huge and not non_finite:
-        problems.append(f"values beyond ±{MAX_ABS:g} in {_names(huge)}: no trained model holds such weights")
-    return problems
-
-
-def load_state_dict_checked(module: torch.nn.Module, state_dict: Any, what: str) -> None:
-    """``module.load_state_dict(strict=True)`` with a CheckpointError naming missing/extra/mis-shaped keys
-    and tensors holding NaN/inf."""
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{what} must be a state dict, got {type(state_dict).__name__}")
-    problems = _fit_problems(module.state_dict(), state_dict)
+    problems = [f"{label}: {_names(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("mismatch", mismatched)) if keys]
+    if not problems:  # values are only looked at in a state dict whose every tensor fits the model
+        non_finite = _non_finite_keys(state_dict)
+        huge = [str(k) for k, v in state_dict.items()
+                if v.is_floating_point() and v.numel() and v.abs().max() > MAX_ABS]
+        if non_finite:
+            problems.append(f"NaN/inf values in {_names(non_finite)} (saved from a diverged run?)")
+        elif huge:
+            problems.append(f"values beyond ±{MAX_ABS:g} in {_names(huge)}: no trained model holds such weights")
     if problems:
         raise CheckpointError(f"{what} does not fit the model its config describes; " + "; ".join(problems))
+
+
+def load_state_dict_checked(module: UNet, state_dict: Any, what: str) -> None:
+    """``module.load_state_dict(strict=True)``, after :func:`_check_weights` has named whatever does not fit."""
+    _check_weights(module.config, state_dict, what)
     module.load_state_dict(state_dict, strict=True)
-
-
-def _check_fits_before_building(model_config: UNetConfig, state_dict: Any, what: str) -> None:
-    """Compare ``state_dict`` with the UNet ``model_config`` describes without allocating that UNet.
-
-    A hostile or damaged config (channels=(2**20, ...), layers_per_block=10**7) would otherwise exhaust memory
-    before the weights are ever compared: the model is built on the ``meta`` device (shapes only), after a
-    cheap depth bound — every layer and level holds at least one tensor."""
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{what} must be a state dict, got {type(state_dict).__name__}")
-    depth = model_config.layers_per_block + model_config.mid_layers + len(model_config.channels)
-    if depth > len(state_dict):
-        raise CheckpointError(
-            f"{what} does not fit the model its config describes: the config has layers_per_block="
-            f"{model_config.layers_per_block}, mid_layers={model_config.mid_layers} and "
-            f"{len(model_config.channels)} widths, more than the {len(state_dict)} tensors stored")
-    with torch.device("meta"):
-        expected = UNet(model_config).state_dict()
-    problems = _fit_problems(expected, state_dict)
-    if problems:
-        raise CheckpointError(f"{what} does not fit the model its config describes; " + "; ".join(problems))
 
 
 def build_model_from_checkpoint(
@@ -302,19 +253,18 @@ def build_model_from_checkpoint(
 ) -> tuple[UNet, LinearNoiseScheduler, dict]:
     """Rebuild ``(UNet in eval mode, LinearNoiseScheduler, checkpoint dict)`` from a checkpoint alone.
 
-    ``use_ema`` loads the EMA weights (what sampling should use); a checkpoint without them falls back to
-    ``"model"`` and logs it. The weights are checked against the config before the model is allocated.
+    ``use_ema`` loads the EMA weights, falling back to ``"model"`` (logged) where there are none.
     ``channels_last`` lays the convolution weights out NHWC, as training does: oneDNN's and cuDNN's NHWC
-    kernels are the fast ones (see benchmarks/RESULTS.md). Inputs may stay NCHW.
+    kernels are the fast ones. Inputs may stay NCHW.
     """
     ckpt, source = _as_checkpoint(ckpt_or_path)
     model_config, diffusion_config = configs_from_checkpoint(ckpt, source)
     key = "ema" if use_ema and ckpt.get("ema") is not None else "model"
     if use_ema and key == "model":
         logger.info("%s has no EMA weights; using the raw model weights", source)
-    _check_fits_before_building(model_config, ckpt[key], f"{source}[{key!r}]")
+    _check_weights(model_config, ckpt[key], f"{source}[{key!r}]")  # before the UNet is allocated
     model = UNet(model_config)
-    load_state_dict_checked(model, ckpt[key], f"{source}[{key!r}]")
+    model.load_state_dict(ckpt[key], strict=True)
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
     scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=device)
     return model, scheduler, ckpt
@@ -325,7 +275,7 @@ def export_weights(ckpt_or_path: dict | str | Path, out_path: str | Path) -> Non
     ckpt, source = _as_checkpoint(ckpt_or_path)
     weights = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
     model_config, _ = configs_from_checkpoint(ckpt, source)
-    _check_fits_before_building(model_config, weights, f"{source} weights")  # refuse to ship a broken file
+    _check_weights(model_config, weights, f"{source} weights")  # refuse to ship a broken file
     slim = {
         "format": FORMAT,
         "model_config": ckpt["model_config"],
@@ -339,4 +289,3 @@ def export_weights(ckpt_or_path: dict | str | Path, out_path: str | Path) -> Non
     }
     save_checkpoint(out_path, slim)
     logger.info("exported sampling weights of %s (step %d) to %s", source, ckpt["step"], out_path)
-
