@@ -23,24 +23,20 @@ def _parse(text: str, kind: type) -> int | float:
     return value
 
 
-def number(kind: type, low: float, high: float, must: str | None = None, hint: str = "",
-           capped: bool = False) -> Callable[[str], int | float]:
+def number(kind: type, low: float, high: float, must: str | None = None, hint: str = "") -> Callable[[str], float]:
     """A type that parses ``kind`` (int or float) and requires ``low <= value <= high``.
 
-    ``must`` phrases the requirement for the error message ("be a positive integer"); by default the
-    interval itself. With ``capped``, ``high`` is a sanity cap that ``must`` does not mention, and a value
-    above it gets "must be at most …".
+    ``must`` phrases the lower bound for the error message ("be a positive integer"), and ``high`` is then a
+    sanity cap ("must be at most …"); without it, both messages give the interval.
     """
     interval = f"[{low}, {high}]"
     requirement = must or f"lie in {interval}"
 
     def parse(text: str) -> int | float:
         value = _parse(text, kind)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must {requirement}{hint}, got {text}")
-        if value > high:
-            if capped:
-                raise argparse.ArgumentTypeError(f"must be at most {high}{hint}, got {text}")
+        if must and value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}{hint}, got {text}")
+        if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must {requirement}{hint}, got {text}")
         return value
 
@@ -48,9 +44,9 @@ def number(kind: type, low: float, high: float, must: str | None = None, hint: s
     return parse
 
 
-positive_int = number(int, 1, MAX_INT, capped=True, must="be a positive integer")
-seed = number(int, 0, MAX_SEED, capped=True, must="be an integer >= 0")
-workers = number(int, 0, MAX_WORKERS, capped=True, must="be an integer >= 0", hint=" (at most 4 per CPU core)")
+positive_int = number(int, 1, MAX_INT, must="be a positive integer")
+seed = number(int, 0, MAX_SEED, must="be an integer >= 0")
+workers = number(int, 0, MAX_WORKERS, must="be an integer >= 0", hint=" (at most 4 per CPU core)")
 
 
 def extension_list(text: str) -> tuple[str, ...]:
