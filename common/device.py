@@ -8,9 +8,8 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → ``cuda`` if available, else ``cpu``; ``cuda`` without CUDA is a ValueError."""
-    if name not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {name!r}")
+    """``auto`` → ``cuda`` if available, else ``cpu``; ``cuda`` without CUDA is a ValueError. ``name`` is one of
+    ``DEVICES`` (argparse's choices and TrainConfig check it)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():

@@ -7,6 +7,7 @@ line at most every ``LOG_INTERVAL_S`` seconds, and one when it ends. Callers use
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import sys
@@ -26,7 +27,7 @@ class LogLineBar(tqdm):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("mininterval", LOG_INTERVAL_S)
         kwargs.update(miniters=0, maxinterval=math.inf, dynamic_ncols=False, ncols=None, leave=False,
-                      file=_Discard())
+                      file=io.StringIO())  # tqdm insists on a file; display() never writes to it
         self._logged_n = None
         super().__init__(*args, **kwargs)
 
@@ -56,20 +57,9 @@ class LogLineBar(tqdm):
         super().close()
 
 
-class _Discard:
-    """A file that drops everything (tqdm insists on one)."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-
 def progress_bar(iterable=None, *, stream=None, **kwargs) -> tqdm:
-    """A tqdm bar on a terminal, a :class:`LogLineBar` otherwise; takes tqdm's arguments.
-
-    ``stream`` is what decides (default ``sys.stderr``, where tqdm draws)."""
+    """A tqdm bar if ``stream`` (default ``sys.stderr``, where tqdm draws) is a terminal, else a
+    :class:`LogLineBar`; takes tqdm's arguments."""
     stream = sys.stderr if stream is None else stream
     is_terminal = getattr(stream, "isatty", lambda: False)()
     return (tqdm if is_terminal else LogLineBar)(iterable, **kwargs)
