@@ -109,34 +109,22 @@ def save_classifier(path: str | Path, model: MNISTClassifier, **metadata) -> str
     return digest
 
 
-def read_expected_sha256(path: str | Path) -> str:
-    sidecar = sha256_sidecar(path)
-    if not sidecar.is_file():
-        raise FileNotFoundError(
-            f"no checksum file {sidecar} next to the classifier {path}; the metrics only use verified "
-            f"weights. Retrain with `{TRAIN_COMMAND}` (it writes both files)"
-        )
-    text = sidecar.read_text().split()
-    if not text or len(text[0]) != 64:
-        raise ValueError(f"{sidecar} does not hold a sha256 digest (expected `<64 hex digits>  <file name>`)")
-    return text[0].lower()
-
-
 def load_classifier(path: str | Path = DEFAULT_CLASSIFIER_PATH) -> tuple[MNISTClassifier, dict]:
     """Load the classifier (CPU, eval mode) after checking its sha256 against the sidecar file.
 
     Returns ``(model, metadata)``; ``metadata`` holds everything in the checkpoint but the weights, plus
     ``path`` and ``sha256``.
     """
-    path = Path(path)
+    path, sidecar = Path(path), sha256_sidecar(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier weights {path} not found; train them with `{TRAIN_COMMAND}`")
-    digest, expected = file_sha256(path), read_expected_sha256(path)
+    if not sidecar.is_file():
+        raise FileNotFoundError(f"no checksum file {sidecar} next to the classifier {path}: the metrics only use "
+                                f"verified weights; retrain with `{TRAIN_COMMAND}` (it writes both files)")
+    digest, expected = file_sha256(path), sidecar.read_text().partition(" ")[0].strip().lower()
     if digest != expected:
-        raise ValueError(
-            f"sha256 mismatch for {path}: file is {digest}, expected {expected}. The weights were changed "
-            f"or corrupted; restore them (git checkout {path.name}) or retrain with `{TRAIN_COMMAND}`"
-        )
+        raise ValueError(f"sha256 mismatch for {path}: file is {digest}, {sidecar} says {expected!r}; restore the "
+                         f"weights (git checkout {path.name}) or retrain with `{TRAIN_COMMAND}`")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CLASSIFIER_FORMAT:
         raise ValueError(f"{path} is not a {CLASSIFIER_FORMAT} checkpoint")

@@ -1,13 +1,5 @@
 """The ``--eval-ddpm-model`` flags and entry point: sample from a checkpoint, save images, optionally score them.
-
-The model is rebuilt from the checkpoint alone. Output goes to ``--task-name`` if given, else to the
-checkpoint's own folder (``runs/eval/<name>`` for shipped checkpoints under ``checkpoints/``)::
-
-    samples/grid.png         the samples tiled in --num-grid-rows rows
-    samples/samples.npz      uint8 [N, H, W] under "images" (+ the run's settings as JSON "metadata")
-    samples/trajectory.gif   with --save-trajectory: x_t (left) and x̂0 (right) along the reverse chain
-    metrics.json             with --metrics (also printed as a table)
-"""
+Where the output goes and what it holds: README, "Sampling and evaluation"."""
 
 from __future__ import annotations
 
@@ -40,8 +32,7 @@ GUIDANCE_SCALE = types.number(float, 0, 50, hint=" (0: unconditional, 1: conditi
 
 # ---------------------------------------------------------------------------------------------- value types
 def _label_list(text: str) -> list[str]:
-    """Class names (the training data's folder names, e.g. 7 or cat), comma-separated; resolved against the
-    checkpoint by :func:`class_indices`."""
+    """Comma-separated class names (the training data's folder names, e.g. 7 or cat)."""
     labels = [part.strip() for part in text.split(",") if part.strip()]
     if not labels:
         raise argparse.ArgumentTypeError(f"need class names such as 0,1,2, got {text!r}")

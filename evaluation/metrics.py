@@ -1,20 +1,10 @@
-"""Sample-quality metrics for MNIST generators, computed offline with the shipped classifier (README, "Metrics").
+"""Sample-quality metrics for MNIST generators, computed offline with the shipped classifier: classifier-FID
+(Heusel et al., 2017, φ in place of Inception) with its real-vs-real floor, precision/recall (Kynkäänniemi et al.,
+2019), classifier score (Salimans et al., 2016), class histogram, mean max-probability and memorisation. The
+README ("Metrics", and "Class-conditional generation" for the floor of conditional samples) defines each.
 
 φ = the classifier's 128-d penultimate features, p(y|x) its softmax; images in [0, 1]. Every "real" reference
 is drawn at the samples' N with a fixed seed, so runs are comparable.
-
-- **classifier-FID** (Heusel et al., 2017, φ in place of Inception): :func:`frechet_distance` between Gaussians
-  fitted to φ of the N samples and of the 10,000 MNIST test digits; its **real-vs-real floor** is the same FID
-  for N random *training* digits (FID is biased upwards at small N). When the samples were asked for classes
-  (a conditional model), the floor's training digits have exactly those classes: a class-balanced sample scores
-  lower than a random one, so only a floor with the same classes is a fair comparison.
-- **classifier score**: exp(E_x KL(p(y|x) ‖ p(y))), p(y) the mean of p(y|x) (Salimans et al., 2016, one split).
-- **class histogram** of argmax p(y|x), and its effective number of classes exp(H(histogram/N)) ∈ [1, 10].
-- **mean max-probability**: E_x max_y p(y|x), from 0.1 (uniform) to 1 (certain).
-- **precision / recall** (:func:`precision_recall`, k = 3) against N test digits (all 10,000 when N is larger);
-  the "real" column repeats both with the floor's training digits as samples.
-- **memorisation**: d(x) = min over the 60,000 training digits of ‖x − x_train‖₂; the threshold is the 5th
-  percentile of d over held-out test digits, so 5% of unseen real digits fall below it by construction.
 """
 
 from __future__ import annotations
