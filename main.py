@@ -1,8 +1,5 @@
-"""Command line entry point: parse flags and dispatch. The work lives in training/ and evaluation/.
-
-    python main.py --train-ddpm-model --task-name runs/mnist_ddpm --data-path data/MNIST/mnist_images
-    python main.py --eval-ddpm-model --ckpt-file runs/mnist_ddpm/test_001.pth --num-samples 100
-"""
+"""Command line entry point: parse flags and dispatch. The work lives in training/ and evaluation/; the README
+shows the commands."""
 
 from __future__ import annotations
 
