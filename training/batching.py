@@ -6,9 +6,8 @@ samples of that permutation already consumed. Rank ``r`` of ``W`` takes rows ``r
 (:func:`rank_slice`, ``DistributedSampler``'s assignment), so a step of W ranks × B images is the step of one
 process with batch W·B, and a checkpoint resumes under any world size with the same global batch.
 
-Batches come from the cached uint8 tensor ``[N, C, H, W]`` in memory (the default: no worker processes, faster on
-a 2-core machine) or, with ``num_workers > 0`` or ``--no-cache``, from a DataLoader over a
-:class:`ResumableDistributedSampler` that yields the same indices.
+Batches come from the cached uint8 tensor ``[N, C, H, W]`` in memory (the default) or, with ``num_workers > 0`` or
+``--no-cache``, from a DataLoader over a :class:`ResumableDistributedSampler` that yields the same indices.
 """
 
 from __future__ import annotations
@@ -38,19 +37,18 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     return max(1, num_samples // batch_size)
 
 
+def epoch_end_offset(num_samples: int, batch_size: int) -> int:
+    """The offset at which an epoch is complete."""
+    return steps_per_epoch(num_samples, batch_size) * batch_size if num_samples >= batch_size else num_samples
+
+
 def epoch_index_batches(num_samples: int, batch_size: int, seed: int, epoch: int, offset: int) -> list[torch.Tensor]:
     """The index batches of epoch ``epoch`` that remain after ``offset`` samples were consumed."""
-    end = steps_per_epoch(num_samples, batch_size) * batch_size if num_samples >= batch_size else num_samples
-    remaining = epoch_permutation(num_samples, seed, epoch)[offset:end]
+    remaining = epoch_permutation(num_samples, seed, epoch)[offset:epoch_end_offset(num_samples, batch_size)]
     batches = list(remaining.split(batch_size))
     if batches and len(batches[-1]) < min(batch_size, num_samples):  # only after a batch-size change
         batches.pop()
     return batches
-
-
-def epoch_end_offset(num_samples: int, batch_size: int) -> int:
-    """The offset at which an epoch is complete."""
-    return steps_per_epoch(num_samples, batch_size) * batch_size if num_samples >= batch_size else num_samples
 
 
 def rank_slice(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -67,13 +65,8 @@ def rank_index_batches(num_samples: int, batch_size: int, seed: int, epoch: int,
 
 
 class ResumableDistributedSampler(DistributedSampler):
-    """torch's ``DistributedSampler`` over this module's data order, resumable mid-epoch.
-
-    It keeps ``DistributedSampler``'s rank assignment (rank r: every W-th index from r) and ``set_epoch``, and
-    replaces its permutation (``randperm`` seeded by ``seed + epoch``) by :func:`epoch_permutation`, cut to
-    whole global batches and started at ``offset`` (``set_epoch(epoch, offset)``) — so a DataLoader over it
-    yields exactly :func:`rank_index_batches`.
-    """
+    """torch's ``DistributedSampler`` (its rank assignment and ``set_epoch``) over this module's data order,
+    resumable mid-epoch with ``set_epoch(epoch, offset)``: a DataLoader over it yields :func:`rank_index_batches`."""
 
     def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
@@ -97,16 +90,8 @@ class ResumableDistributedSampler(DistributedSampler):
 
 class BatchSource:
     """Yields ``(x0, labels)`` batches — x0 float32 in [−1, 1], labels int64, both on ``device`` — in the order
-    of :func:`rank_index_batches`.
-
-    Args:
-        dataset: has ``__len__`` and ``__getitem__ -> (image float [C, H, W] in [−1, 1], label)``; with
-            ``in_memory`` also ``as_tensors() -> (uint8 [N, C, H, W], labels)``.
-        batch_size: images per rank per step; a step consumes ``batch_size × world_size`` (the global batch).
-        in_memory: batch from the uint8 tensor (moved to ``device`` once) instead of a DataLoader.
-        num_workers: DataLoader workers (ignored in memory).
-        rank, world_size: this process's share of each global batch (see the module docstring).
-    """
+    of :func:`rank_index_batches`. ``dataset[i]`` is ``(image float [C, H, W] in [−1, 1], label)``; ``in_memory``
+    batches from its ``as_tensors() -> (uint8 [N, C, H, W], labels)``, moved to ``device`` once."""
 
     def __init__(self, dataset, batch_size: int, seed: int, device: torch.device, in_memory: bool,
                  num_workers: int = 0, rank: int = 0, world_size: int = 1) -> None:

@@ -1,9 +1,5 @@
-"""The ``--train-ddpm-model`` flags (and ``--task-name``, ``--seed``, ``--device``, which both modes share), turned
-into typed configs in one place (:func:`build_configs`), and the mode's entry point :func:`run`.
-
-Impossible values are rejected by the parser (``choices=``, the shared flags' types) or by the configs' validation
-through ``parser.error``, before any data is read. Under ``torchrun`` every process runs :func:`run`, which joins
-the process group before training and leaves it afterwards; ranks other than 0 log warnings only.
+"""The ``--train-ddpm-model`` flags, turned into typed configs in one place (:func:`build_configs`), and the mode's
+entry point :func:`run`, which every process runs under ``torchrun``.
 """
 
 from __future__ import annotations
@@ -178,8 +174,8 @@ def resume_path(args: argparse.Namespace, train_config: TrainConfig) -> Path | N
 
 # ---------------------------------------------------------------------------------------------- entry point
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, results: list[TrainResult] | None = None) -> int:
-    """Train as the flags say. Returns 0 (done), 1 (diverged), 2 (user error) or 130 (interrupted); a run that
-    trained appends its :class:`TrainResult` (with the trained state) to ``results`` if given."""
+    """Train as the flags say; returns an exit code. A run that trained appends its :class:`TrainResult` to
+    ``results`` if given."""
     try:
         train_config, model_config, diffusion_config = build_configs(args)
         device = resolve_device(train_config.device)
@@ -204,8 +200,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, results: list
     except TrainingDiverged as err:
         logger.error("training diverged: %s", err)
         return EXIT_DIVERGED
-    except (OSError, ValueError, RunLockedError, PeerSetupError) as err:  # full disk, unwritable folder too
-        # CheckpointError and dataset errors are ValueErrors
+    except (OSError, ValueError, RunLockedError, PeerSetupError) as err:  # CheckpointError is a ValueError
         logger.debug("details", exc_info=True)
         logger.error("%s", err)
         return EXIT_USER_ERROR

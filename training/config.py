@@ -1,15 +1,8 @@
 """The training configuration: one typed, validated dataclass, saved in ``config.json`` and every checkpoint.
 
-The model and the diffusion process have their own configs (:class:`models.UNetConfig`,
-:class:`scheduler.DiffusionConfig`); this one holds everything else a run needs. It is built from the
-command line in one place (:func:`training.cli.build_configs`) and the trainer never sees argparse.
-
-The recipe is Algorithm 1 with AdamW, a linear LR warm-up followed by a cosine decay to zero at the end of
-the run (the end is ``max_steps``, ``num_epochs`` or ``max_minutes``, whichever comes first), the min-SNR-γ
-weighting of the ε-prediction loss, gradient clipping at 1.0 (the paper's) and a power-law EMA of the weights
-(:mod:`training.state`). Why each default was chosen, with the measurements, is in ``benchmarks/RESULTS.md``.
-``precision``, ``compile`` and ``channels_last`` default to the fastest safe choice for the device
-(:mod:`training.runtime`).
+Everything a run needs besides the model and diffusion configs (:class:`models.UNetConfig`,
+:class:`scheduler.DiffusionConfig`); built from the command line in one place (:func:`training.cli.build_configs`).
+Why each default was chosen, with the measurements, is in ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -33,17 +26,10 @@ LOSS_WEIGHTINGS = ("uniform", "min-snr")
 
 @dataclass(frozen=True)
 class TrainConfig(DictConfig):
-    """How to train. Each field is the ``--flag`` of ``main.py --train-ddpm-model`` with the same name, and
-    ``python main.py --help`` says what it does; where the Python value differs from the flag:
-
-    Attributes:
-        data_path: a class-folder image tree ``<path>/<class>/<image>``; the default stands for the bundled MNIST
-            training digits, read from their IDX files (:func:`dataset.load_training_set`).
-        cache: ``--no-cache`` sets it to False (read image files per batch instead of decoding them all first).
-        grad_clip: ``None`` disables clipping (``--grad-clip 0``).
-        num_epochs: ``--num-epochs``; ``build_configs`` sets it to MAX_INT when only ``--max-minutes`` bounds the run.
-        compile, channels_last: ``None`` decides by device (:func:`training.runtime.resolve_performance`).
-    """
+    """How to train. Each field is the ``--flag`` of ``main.py --train-ddpm-model`` with the same name (``python
+    main.py --help`` says what it does); where the Python value differs from the flag: ``cache`` is
+    ``not --no-cache``, ``grad_clip=None`` is ``--grad-clip 0``, ``num_epochs=MAX_INT`` means only ``max_minutes``
+    bounds the run, and ``compile``/``channels_last=None`` decide by device."""
 
     task_name: str = "runs/mnist_ddpm"
     data_path: str = str(DEFAULT_DATA_PATH)
@@ -155,22 +141,18 @@ class TrainConfig(DictConfig):
         if not name or not name.strip() or name != name.strip() or Path(name).name != name or name in (".", ".."):
             raise bad("ckpt_save_name", "must be a plain file name (it is written inside task_name)")
         if len(name.encode()) > MAX_NAME_BYTES:
-            raise bad("ckpt_save_name", f"must be at most {MAX_NAME_BYTES} bytes: the atomic write adds a "
-                                        "temporary suffix and file names are limited to 255 bytes")
+            raise bad("ckpt_save_name", f"must be at most {MAX_NAME_BYTES} bytes")
         if name in RUN_FILES or name.startswith("."):
             raise bad("ckpt_save_name", f"must not be hidden or one of the run's own files {sorted(RUN_FILES)}")
-        if self.lr * self.weight_decay >= 1:
-            raise bad("weight_decay", f"lr × weight_decay must be < 1 (AdamW multiplies weights by 1 − lr·wd), "
-                                      f"got {self.lr} × {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:  # AdamW multiplies the weights by 1 − lr·wd
+            raise bad("weight_decay", f"lr × weight_decay must be < 1 (lr is {self.lr})")
 
     def resolved_viz_t(self, num_timesteps: int) -> int:
         """``viz_t`` as a 0-based timestep; raises ValueError if it does not exist for T = num_timesteps."""
         t = num_timesteps - 1 if self.viz_t == -1 else self.viz_t
         if not 0 <= t < num_timesteps:
-            raise ValueError(
-                f"viz_t={self.viz_t} is beyond the last timestep T-1={num_timesteps - 1}; "
-                "pass a value in [0, T-1] or -1 for the last step"
-            )
+            raise ValueError(f"viz_t={self.viz_t} is beyond the last timestep T-1={num_timesteps - 1}; "
+                             "pass a value in [0, T-1] or -1 for the last step")
         return t
 
     @property
@@ -185,7 +167,6 @@ class TrainConfig(DictConfig):
     def epoch_limit(self) -> int | None:
         """``num_epochs``, or None when it is MAX_INT: a time budget alone bounds the run."""
         return None if self.num_epochs == MAX_INT else self.num_epochs
-
 
 
 # Fields that change the optimisation itself. Resuming with different values is allowed (e.g. a lower lr for

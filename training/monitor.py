@@ -1,31 +1,17 @@
 """What rank 0 records of a run, for people: ``metrics.csv`` and the ``loss.png`` curve, the log line,
-TensorBoard (``--tensorboard``), denoising-progress frames and their GIF (``--viz-save``/``--viz-live``), the
-resolved ``config.json`` and the samples drawn at the end. :class:`Monitor` bundles them for the training loop.
-
-metrics.csv columns: ``step`` (optimizer steps done), ``epoch`` (1-based epoch of that step), ``loss`` (mean loss
-over the logging interval), ``lr``, ``images_per_s`` (over the interval, wall clock), ``elapsed_s`` (the run's
-training clock, over resumes), ``grad_norm`` (mean global gradient norm before clipping). On resume, rows after the
-checkpoint's step (written before a crash, then redone) are dropped, so the file describes exactly one history.
-
-Progress frames show a fixed batch: clean x0 | noised x_t at a fixed t | the model's prediction x̂0, with
-
-    x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε            (Eq. 4)
-    x̂0 = (x_t − √(1−ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t, clamped to [−1, 1]
-
-The batch, ε and t are fixed for the whole run (drawn from their own generators, never from the training RNG), so
-frames differ only by the model. They are saved as ``viz/denoise_progress_ep<epoch>_it<step>.png`` (and
-``..._end.png`` at each epoch end) and assembled into ``viz/progress.gif``.
+TensorBoard, denoising-progress frames and their GIF, the resolved ``config.json`` and the samples drawn at the end
+(the README's "Training" lists the files). :class:`Monitor` bundles them for the training loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -57,17 +43,14 @@ _TITLE_H = 16
 _ROW_LABELS = ("x0", "x_t", "pred")
 
 
-COLUMNS = ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s", "grad_norm")
-TENSORBOARD_HINT = "pip install -r requirements/tensorboard.txt"
+COLUMNS = {"step": "d", "epoch": "d", "loss": ".6g", "lr": ".6g", "images_per_s": ".1f", "elapsed_s": ".1f",
+           "grad_norm": ".4g"}  # metrics.csv: column -> how it is written
 
 
 class MetricsLog:
-    """Append-only CSV of training metrics.
-
-    Args:
-        path: the CSV file.
-        resume_step: ``None`` starts a fresh file; an int keeps existing rows with ``step <= resume_step``.
-    """
+    """Append-only CSV of training metrics, one row per logging interval (``loss``, ``grad_norm``: its means;
+    ``elapsed_s``: the training clock). On resume, rows after ``resume_step`` (written before a crash, then
+    redone) are dropped, so the file describes exactly one history; ``None`` starts a fresh file."""
 
     def __init__(self, path: str | Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
@@ -86,11 +69,7 @@ class MetricsLog:
 
     @staticmethod
     def _format(row: dict) -> dict:
-        return {
-            "step": int(row["step"]), "epoch": int(row["epoch"]), "loss": f"{row['loss']:.6g}",
-            "lr": f"{row['lr']:.6g}", "images_per_s": f"{row['images_per_s']:.1f}",
-            "elapsed_s": f"{row['elapsed_s']:.1f}", "grad_norm": f"{row['grad_norm']:.4g}",
-        }
+        return {k: format(row[k], spec) for k, spec in COLUMNS.items()}
 
     def append(self, step: int, epoch: int, loss: float, lr: float, images_per_s: float, elapsed_s: float,
                grad_norm: float = math.nan) -> None:
@@ -108,8 +87,7 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     with open(path, newline="") as f:
         for raw in csv.DictReader(f):
             try:
-                row = {k: float(raw[k]) for k in COLUMNS if k != "grad_norm"}
-                row["grad_norm"] = float(raw.get("grad_norm") or "nan")  # not in files of older runs
+                row = {k: float(raw[k]) for k in COLUMNS}
             except (TypeError, ValueError, KeyError):
                 continue
             row["step"], row["epoch"] = int(row["step"]), int(row["epoch"])
@@ -119,9 +97,7 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 def plot_loss(rows: list[dict[str, float]], out_path: str | Path) -> Path | None:
     """Write the loss curve (log scale, with a running mean) to ``out_path``; None when there is no data.
-
-    Uses matplotlib's object API with the Agg canvas, so it never touches pyplot or a live window.
-    """
+    matplotlib's object API with the Agg canvas never touches pyplot or a live window."""
     points = [(r["step"], r["loss"]) for r in rows if math.isfinite(r["loss"]) and r["loss"] > 0]
     if not points:
         return None
@@ -159,7 +135,8 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ValueError(f"--tensorboard needs the tensorboard package: {TENSORBOARD_HINT}") from None
+            hint = "pip install -r requirements/tensorboard.txt"
+            raise ValueError(f"--tensorboard needs the tensorboard package: {hint}") from None
         # purge_step: on resume, TensorBoard hides events after the checkpoint's step (redone after a crash)
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
@@ -170,7 +147,6 @@ class TensorBoardLog:
         self.writer.flush()
 
     def image(self, tag: str, image_path: str | Path, step: int) -> None:
-        """A PNG written by the run (progress frame, sample grid), as TensorBoard shows images: HWC uint8."""
         pixels = np.asarray(Image.open(image_path).convert("RGB"))
         self.writer.add_image(tag, pixels, step, dataformats="HWC")
         self.writer.flush()
@@ -194,10 +170,8 @@ def _frame_order(path: Path) -> tuple[int, int, int]:
 
 
 def make_frame(rows: list[torch.Tensor], title: str) -> np.ndarray:
-    """Grid with one row per tensor of ``rows`` (each [B, C, H, W] in [−1, 1]), row labels and a title.
-
-    Returns uint8 [H, W] (grayscale) or [H, W, 3].
-    """
+    """Grid with one row per tensor of ``rows`` (each [B, C, H, W] in [−1, 1]), row labels and a title: uint8
+    [H, W] (grayscale) or [H, W, 3]."""
     tiles = to_uint8(torch.cat(rows)).repeat(_SCALE, axis=1).repeat(_SCALE, axis=2)  # nearest-neighbour upscale
     grid = make_grid(tiles, num_rows=len(rows), padding=_PAD, pad_value=32)  # one row per tensor
     h, C = tiles.shape[1], 1 if tiles.ndim == 3 else 3
@@ -229,15 +203,12 @@ class LiveWindow:
             return
         try:
             if self._fig is None:
-                if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                             or os.environ.get("WAYLAND_DISPLAY")):
-                    return self._disable("no display (DISPLAY/WAYLAND_DISPLAY unset)")
                 import matplotlib
                 import matplotlib.pyplot as plt
 
-                backend = matplotlib.get_backend().lower()
+                backend = matplotlib.get_backend().lower()  # agg where there is no display (DISPLAY unset)
                 if backend in {"agg", "pdf", "ps", "svg", "cairo", "template"} or backend.endswith("inline"):
-                    return self._disable(f"matplotlib backend {backend!r} cannot open a window")
+                    return self._disable(f"no display window (matplotlib backend {backend!r})")
                 plt.ion()
                 self._plt = plt
                 self._fig, ax = plt.subplots(figsize=(frame.shape[1] / 60, frame.shape[0] / 60))
@@ -252,53 +223,38 @@ class LiveWindow:
             self._disable(f"the window failed ({type(err).__name__}: {err})")
 
     def close(self) -> None:
-        if self._fig is not None and self._plt is not None:
-            try:
+        if self._fig is not None:
+            with contextlib.suppress(Exception):
                 self._plt.close(self._fig)
-            except Exception:
-                pass
 
 
 class ProgressVisualizer:
-    """Renders frames of a fixed batch at a fixed timestep with the (EMA) model.
-
-    Args:
-        scheduler: the noise schedule (on the model's device).
-        x0: ``[N, C, H, W]`` clean images in [−1, 1].
-        t: the 0-based timestep at which to noise them.
-        seed: seeds ε, drawn once on the CPU (so frames are identical on any device).
-        viz_dir: where frames are saved when ``save``.
-        save, live: write PNGs / update a matplotlib window.
-        labels: ``[N]`` class labels of ``x0``; a class-conditional model is shown them as its context.
-    """
+    """Frames of a fixed batch: clean x0 ``[N, C, H, W]`` | x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε at the 0-based timestep ``t``
+    (Eq. 4) | the model's x̂0, clamped to [−1, 1]. ε is drawn once on the CPU from ``seed``, never from the
+    training RNG, so frames differ only by the model, on any device. A conditional model sees ``labels`` [N]."""
 
     def __init__(self, scheduler: LinearNoiseScheduler, x0: torch.Tensor, t: int, seed: int, viz_dir: Path,
                  save: bool, live: bool, labels: torch.Tensor | None = None) -> None:
         self.labels = labels.to(scheduler.device) if labels is not None else None
-        generator = torch.Generator().manual_seed(seed)
         self.t = t
         self.x0 = x0.to(scheduler.device)
-        self.eps = torch.randn(x0.shape, generator=generator).to(scheduler.device)
-        self.x_t = scheduler.add_noise(self.x0, self.eps, t)
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(scheduler.device)
+        self.x_t = scheduler.add_noise(self.x0, eps, t)
         self.scheduler = scheduler
-        self.viz_dir = Path(viz_dir)
+        self.viz_dir = viz_dir
         self.save = save
         self.window = LiveWindow() if live else None
         if save:
             self.viz_dir.mkdir(parents=True, exist_ok=True)
 
     @torch.no_grad()
-    def render(self, model: torch.nn.Module, title: str) -> np.ndarray:
-        conditional = getattr(model, "label_embedding", None) is not None
-        context = model.label_context(self.labels) if conditional else None
-        eps_pred = model(self.x_t, self.t, context=context)
-        x0_pred = self.scheduler.predict_x0(self.x_t, eps_pred, self.t).clamp(-1.0, 1.0)
-        return make_frame([self.x0, self.x_t, x0_pred], title)
-
     def __call__(self, model: torch.nn.Module, epoch: int, step: int, end_of_epoch: bool = False) -> Path | None:
         """Render, save as ``frame_path(...)`` and show; ``epoch`` is 1-based. Returns the file written."""
+        conditional = getattr(model, "label_embedding", None) is not None
+        eps_pred = model(self.x_t, self.t, context=model.label_context(self.labels) if conditional else None)
+        x0_pred = self.scheduler.predict_x0(self.x_t, eps_pred, self.t).clamp(-1.0, 1.0)
         label = f"epoch {epoch} end" if end_of_epoch else f"epoch {epoch}"
-        frame = self.render(model, f"{label}  step {step}  t={self.t}")
+        frame = make_frame([self.x0, self.x_t, x0_pred], f"{label}  step {step}  t={self.t}")
         path = None
         if self.save:
             path = frame_path(self.viz_dir, epoch, None if end_of_epoch else step)
@@ -312,16 +268,12 @@ class ProgressVisualizer:
             self.window.close()
 
 
-def assemble_gif(viz_dir: str | Path, out_path: str | Path | None = None, max_frames: int = 200,
-                 frame_ms: int = 400) -> Path | None:
-    """Animate every saved frame in ``viz_dir`` in training order into ``progress.gif``; None if no frames.
-
-    At most ``max_frames`` frames, evenly subsampled (always keeping the last), so long runs stay small.
-    """
+def assemble_gif(viz_dir: Path, max_frames: int = 200) -> Path | None:
+    """Animate the saved frames in ``viz_dir`` in training order into ``progress.gif``; None if no frames. At most
+    ``max_frames`` frames, evenly subsampled (always keeping the last), so long runs stay small."""
     import imageio.v3 as iio
 
-    viz_dir = Path(viz_dir)
-    out_path = Path(out_path) if out_path is not None else viz_dir / "progress.gif"
+    out_path = viz_dir / "progress.gif"
     paths = sorted((p for p in viz_dir.glob(f"{FRAME_PREFIX}*.png") if _FRAME_RE.match(p.name)), key=_frame_order)
     if not paths:
         return None
@@ -332,7 +284,7 @@ def assemble_gif(viz_dir: str | Path, out_path: str | Path | None = None, max_fr
     shape = frames[-1].shape
     frames = [f for f in frames if f.shape == shape]  # frames from an earlier run with other --viz-num
     tmp = out_path.with_name(f".{out_path.name}.tmp.gif")
-    iio.imwrite(tmp, np.stack(frames), duration=frame_ms, loop=0)
+    iio.imwrite(tmp, np.stack(frames), duration=400, loop=0)  # ms per frame
     os.replace(tmp, out_path)
     logger.info("wrote %s (%d frames)", out_path, len(frames))
     return out_path
@@ -344,12 +296,9 @@ def draw_final_samples(model: torch.nn.Module, scheduler: LinearNoiseScheduler, 
     draws one class per grid row, at the default guidance scale) → ``out_dir/grid.png`` and ``samples.npz``."""
     config = SamplerConfig(DEFAULT_SAMPLER, min(DEFAULT_SAMPLER_STEPS, scheduler.num_timesteps))
     labels = labels_in_rows(list(range(model_config.num_classes)), num_samples) if model_config.conditional else None
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode():  # the EMA model is always in eval mode
         result = sample_model(model, scheduler, num_samples, config, labels, device=device,
                               generator=torch.Generator().manual_seed(seed))
-    model.train(was_training)
     rows = model_config.num_classes if model_config.conditional else round(num_samples ** 0.5)
     grid = save_grid_png(result.images, out_dir / "grid.png", max(1, min(rows, num_samples)))
     save_samples_npz(result.images, out_dir / "samples.npz",
@@ -357,6 +306,8 @@ def draw_final_samples(model: torch.nn.Module, scheduler: LinearNoiseScheduler, 
                       "labels": labels.tolist() if labels is not None else None})
     logger.info("%d samples (%s, EMA weights) → %s", num_samples, config.describe(scheduler.num_timesteps), grid)
     return grid
+
+
 # ---------------------------------------------------------------------------------------------- the loop's view
 class Monitor:
     """The training loop's recorder: progress bar, log lines and metrics every ``log_every`` steps, TensorBoard,

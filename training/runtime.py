@@ -1,20 +1,13 @@
 """Where and how the training step runs: the data-parallel context (torchrun + DistributedDataParallel) and the
 precision / ``torch.compile`` / channels_last choices.
 
-Data parallel (``torchrun --standalone --nproc_per_node=4 main.py --train-ddpm-model --batch-size 32 ...``):
-:func:`setup_distributed` reads torchrun's ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, binds the rank to
-``cuda:LOCAL_RANK`` (NCCL) or the CPU (Gloo) and joins the group. ``--batch-size`` is per rank; t, ε and label
-drops are drawn for the global batch on every rank and sliced alike (:func:`training.batching.rank_slice`), so W
-ranks × batch B train like one process × batch W·B and checkpoints resume under any W with the same global batch.
-One all-reduce per step (:meth:`DistContext.reduce_step`) shares the mean loss and whether any rank must stop, so
-all ranks stop after the same step; :meth:`DistContext.agree` makes a setup failure on one rank fail them all
-instead of leaving them waiting in the first collective.
+Data parallel: ``--batch-size`` is per rank; every rank slices the data order and the noise of the global batch
+alike (:func:`training.batching.rank_slice`). One all-reduce per step (:meth:`DistContext.reduce_step`) shares the
+mean loss and whether any rank must stop, so all ranks stop after the same step; :meth:`DistContext.agree` makes a
+setup failure on one rank fail them all instead of leaving them waiting in the first collective.
 
-Performance choices default to ``auto``, resolved once per run by :func:`resolve_performance`: on CUDA bf16
-autocast where the GPU has native bf16, ``torch.compile`` where Triton runs; on the CPU fp32 and no compile;
-channels_last on both (oneDNN's and cuDNN's NHWC kernels are the fast ones). Autocast covers only the UNet; the
-schedule arithmetic and the loss stay fp32. fp16 needs a :class:`torch.amp.GradScaler`, which passes through
-otherwise.
+Performance defaults: on CUDA bf16 autocast where the GPU has native bf16, ``torch.compile`` where Triton runs; on
+the CPU fp32 and no compile; channels_last on both (oneDNN's and cuDNN's NHWC kernels are the fast ones).
 """
 
 from __future__ import annotations
@@ -38,17 +31,12 @@ class PeerSetupError(RuntimeError):
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process stands in the run: its rank, the world size and its device.
-
-    ``owns_group`` says whether :func:`setup_distributed` created the process group (and
-    :func:`teardown_distributed` should destroy it).
-    """
+    """This process's rank, the world size and its device."""
 
     rank: int = 0
-    local_rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
+    owns_group: bool = False  # setup_distributed created the process group, so teardown_distributed destroys it
 
     @property
     def is_main(self) -> bool:
@@ -60,16 +48,9 @@ class DistContext:
         """Whether there is more than one rank (and so a process group and DDP)."""
         return self.world_size > 1
 
-    @property
-    def backend(self) -> str:
-        return "nccl" if self.device.type == "cuda" else "gloo"
-
     def reduce_step(self, loss: torch.Tensor, *flags: bool) -> tuple[float, list[bool]]:
-        """The global mean of ``loss`` (a 0-d tensor) and, per flag, whether it is set on any rank.
-
-        The loss of each rank is the mean over its B images, so their mean is the mean over the global batch.
-        One process: ``loss.item()`` and the flags unchanged, no communication.
-        """
+        """The global mean of ``loss`` (a 0-d tensor: each rank's mean over its B images) and, per flag, whether it
+        is set on any rank."""
         if not self.enabled:
             return loss.item(), list(flags)
         packed = torch.cat([loss.detach().float().reshape(1),
@@ -79,12 +60,11 @@ class DistContext:
         return values[0] / self.world_size, [v > 0 for v in values[1:]]
 
     def barrier(self) -> None:
-        """Wait until every rank gets here (nothing to wait for in one process)."""
         if self.enabled:
             dist.barrier()
 
     def all_ok(self, ok: bool) -> bool:
-        """True iff ``ok`` on every rank. Every rank must call it, at the same point."""
+        """True iff ``ok`` on every rank; every rank must call it at the same point."""
         if not self.enabled:
             return ok
         flag = torch.tensor([int(ok)], device=self.device)
@@ -92,26 +72,15 @@ class DistContext:
         return bool(flag.item())
 
     def agree(self) -> None:
-        """A checkpoint of setup that every rank passes: raises PeerSetupError if another rank failed before it.
-
-        A rank that fails calls ``all_ok(False)`` instead (once, for the checkpoint it was heading for), so no
-        rank is left waiting for it; a rank that raised PeerSetupError must not call it again.
-        """
+        """Raises PeerSetupError if another rank failed in setup. A rank that fails calls ``all_ok(False)`` instead
+        (once), so no rank is left waiting for it; a rank that raised PeerSetupError must not call it again."""
         if not self.all_ok(True):
             raise PeerSetupError("another rank failed while setting up the run (see its log); stopping this one")
 
 
 def setup_distributed(device_name: str, env: Mapping[str, str] | None = None) -> DistContext:
-    """Join the process group torchrun describes in ``env`` (default ``os.environ``), if any.
-
-    Args:
-        device_name: ``auto``, ``cpu`` or ``cuda`` (``--device``). With CUDA, rank ``LOCAL_RANK`` uses GPU
-            ``cuda:LOCAL_RANK`` (made the current device) and NCCL; on the CPU, Gloo.
-
-    Raises:
-        ValueError: ``WORLD_SIZE`` > 1 without ``RANK``/``LOCAL_RANK`` (not launched by torchrun), more local
-            ranks than GPUs, or torch's rendezvous finding no ``MASTER_ADDR``/``MASTER_PORT``.
-    """
+    """Join the process group torchrun describes in ``env`` (default ``os.environ``), if any: with CUDA, rank
+    ``LOCAL_RANK`` uses ``cuda:LOCAL_RANK`` and NCCL; on the CPU, Gloo."""
     env = os.environ if env is None else env
     device = resolve_device(device_name)
     world_size = _env_int(env, "WORLD_SIZE", 1)
@@ -127,13 +96,10 @@ def setup_distributed(device_name: str, env: Mapping[str, str] | None = None) ->
                              f"{torch.cuda.device_count()}; start at most that many processes per node")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    ctx = DistContext(rank, local_rank, world_size, device, owns_group=not dist.is_initialized())
-    if ctx.owns_group:
-        dist.init_process_group(ctx.backend, rank=rank, world_size=world_size,
+    ctx = DistContext(rank, world_size, device, owns_group=not dist.is_initialized())
+    if ctx.owns_group:  # else the caller made the group (tests/ddp_worker.py) from the same environment
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
                                 device_id=device if device.type == "cuda" else None)
-    elif dist.get_world_size() != world_size or dist.get_rank() != rank:
-        raise ValueError(f"a process group (rank {dist.get_rank()} of {dist.get_world_size()}) already exists, "
-                         f"but the environment says rank {rank} of {world_size}")
     return ctx
 
 
@@ -145,7 +111,7 @@ def teardown_distributed(ctx: DistContext) -> None:
 
 def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
     text = env.get(name)
-    if text is None or text == "":
+    if not text:
         return default
     try:
         return int(text)
@@ -159,26 +125,17 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass(frozen=True)
 class Performance:
-    """The resolved choices: ``precision`` in ``fp32``/``bf16``/``fp16``, ``compile``, ``channels_last``."""
+    """The resolved choices (:func:`resolve_performance`): ``precision`` is ``fp32``, ``bf16`` or ``fp16``."""
 
     precision: str
     compile: bool
     channels_last: bool
 
-    def __post_init__(self) -> None:
-        if self.precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {tuple(_DTYPES)} once resolved, got {self.precision!r}")
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast dtype, or ``None`` for plain fp32."""
-        return None if self.precision == "fp32" else _DTYPES[self.precision]
-
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        """``torch.autocast`` for the forward pass (a no-op context for fp32)."""
-        if self.autocast_dtype is None:
+        """``torch.autocast`` for the UNet's forward pass; the schedule and the loss stay fp32."""
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.autocast_dtype)
+        return torch.autocast(device.type, dtype=_DTYPES[self.precision])
 
     def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler:
         """Dynamic loss scaling for fp16; disabled (``scale``/``step``/``update`` pass through) otherwise."""
@@ -190,12 +147,7 @@ class Performance:
 
 def resolve_performance(precision: str, compile: bool | None, channels_last: bool | None,
                         device: torch.device) -> Performance:
-    """Turn ``auto``/``None`` into the default for ``device`` and check explicit choices against it.
-
-    Raises:
-        ValueError: an unknown precision, bf16 on a GPU without bf16 support, or ``compile`` requested on
-            CUDA without Triton.
-    """
+    """Turn ``auto``/``None`` into the default for ``device``; raises ValueError for a choice the device lacks."""
     if precision not in PRECISIONS:
         raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
     cuda = device.type == "cuda"
@@ -219,5 +171,4 @@ def _triton_usable(device: torch.device) -> bool:
 
 
 def to_memory_format(x: torch.Tensor, perf: Performance) -> torch.Tensor:
-    """A 4-D batch in the layout the model runs in (a no-op when it is already laid out so)."""
     return x.contiguous(memory_format=torch.channels_last) if perf.channels_last else x

@@ -9,11 +9,6 @@ Diffusion Models", Eq. 3):
 It averages over a fixed *fraction* of the run so far (relative width σ_rel = √(γ+1) / ((γ+2) √(γ+3)), 0.10 at
 γ = 6.94) instead of a fixed number of steps, so one setting serves a short CPU run and a long one; ``decay`` caps
 d_t. d_1 = 0: the average starts as a copy of the weights, never as a memory of the random initialisation.
-
-A checkpoint can continue a run only if it describes the same model (every UNetConfig field), the same diffusion
-process and the same seed (the seed fixes the data order); :func:`check_resumable` refuses anything else. The
-recipe (lr, batch size, EMA, run length, ...) may change, with a warning that the run is then no longer the
-uninterrupted one.
 """
 
 from __future__ import annotations
@@ -41,19 +36,9 @@ def ema_decay_at(step: int, decay: float, gamma: float) -> float:
 
 
 class EMA:
-    """A frozen copy of ``model`` whose parameters track the average of ``model``'s.
-
-    Args:
-        model: the model being trained; the copy is made now (same device and dtype).
-        decay: the cap on d_t, in [0, 1).
-        gamma: the power-law exponent γ >= 0 (larger: a shorter average).
-    """
+    """A frozen copy of ``model`` whose parameters track the power-law average of ``model``'s; ``decay`` caps d_t."""
 
     def __init__(self, model: nn.Module, decay: float, gamma: float = 6.94) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must lie in [0, 1), got {decay}")
-        if not gamma >= 0.0:
-            raise ValueError(f"EMA gamma must be >= 0, got {gamma}")
         self.decay, self.gamma = decay, gamma
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
@@ -173,10 +158,8 @@ def _differences(saved: dict, requested: dict) -> list[str]:
 
 def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: UNetConfig,
                     diffusion_config: DiffusionConfig, world_size: int = 1) -> None:
-    """Refuse checkpoints that cannot continue this run; warn about a changed training recipe.
-
-    The batch compared is the global one, ``batch_size × world_size``: 2 ranks × 64 continue a 1-process run
-    with batch 128 exactly."""
+    """Refuse a checkpoint of another model, diffusion process or seed (the seed fixes the data order); warn about
+    a changed training recipe. The batch compared is the global one: 2 ranks × 64 continue 1 process × 128."""
     missing = [k for k in RESUME_KEYS if ckpt.get(k) is None]
     if missing:
         raise CheckpointError(f"{source} cannot be resumed: it has no {missing} (a sampling-only export?)")

@@ -3,15 +3,13 @@
     repeat: x0 ~ q(x0);  t ~ Uniform{0, …, T−1};  ε ~ N(0, I)
             gradient step on  ‖ε − ε_θ(√ᾱ_t x0 + √(1−ᾱ_t) ε, t)‖²      (L_simple, Eq. 14)
 
-with AdamW, a linear LR warm-up and cosine decay to 0 at the end of the run, gradient clipping and a power-law EMA
-of the weights (used for sampling). By default each sample's squared error is weighted by min(SNR_t, γ)/SNR_t
-(min-SNR-γ, Hang et al. 2023; ``--loss-weighting uniform`` is exactly L_simple).
+with AdamW, a linear LR warm-up and cosine decay to 0 at the end of the run, gradient clipping, min-SNR-γ
+weighting and a power-law EMA of the weights (used for sampling).
 
 Exact resume: the data order is a function of (seed, epoch, offset) (:mod:`training.batching`), t and ε come from
 a generator whose state is checkpointed, the LR and EMA decay are functions of the step (and of the training
 clock under ``--max-minutes``), and :class:`~training.state.TrainState` holds everything else — so a run killed at
-any step and resumed ends bit-identical (on CPU) to one never interrupted. Data-parallel runs: see
-:mod:`training.runtime`.
+any step and resumed ends bit-identical (on CPU) to one never interrupted.
 """
 
 from __future__ import annotations
@@ -158,19 +156,9 @@ def train(config: TrainConfig, model_config: UNetConfig, diffusion_config: Diffu
           loss_fn: Callable = l_simple) -> TrainResult:
     """Train (or resume) a DDPM as ``config`` says; writes everything under ``config.task_name``.
 
-    Args:
-        resume_from: a checkpoint to continue; a missing or unreadable one raises (never a silent restart).
-        dataset: use these images instead of ``config.data_path`` (``(image in [−1, 1], label)`` items; with
-            ``as_tensors()`` it is batched from memory).
-        distributed: this process's rank, world size and device (:func:`training.runtime.setup_distributed`);
-            ``None`` trains in one process on ``config.device``.
-        loss_fn: the loss, ``l_simple`` by default (a seam for tests that inject failures).
-
-    Raises:
-        TrainingDiverged: NaN/inf loss or gradient; the last good checkpoint stays.
-        FileNotFoundError, CheckpointError, ValueError, RunLockedError: user errors, before any training.
-        PeerSetupError: (data-parallel) another rank failed before training; its log says why.
-    """
+    ``dataset`` replaces ``config.data_path`` (a :class:`~training.batching.BatchSource` dataset); ``distributed``
+    comes from :func:`training.runtime.setup_distributed` (``None``: one process); ``loss_fn`` is a seam for tests
+    that inject failures. User errors (a bad checkpoint, data or folder) raise before any training."""
     ctx = distributed if distributed is not None else DistContext(device=resolve_device(config.device))
     with contextlib.ExitStack() as cleanup:  # releases the run lock and closes the monitor however train() ends
         run = _set_up(config, model_config, diffusion_config, resume_from, dataset, ctx, loss_fn, cleanup)
@@ -379,15 +367,14 @@ def _refuse_to_replace(ckpt_path: Path, resume_from: str | Path | None, overwrit
 
 
 def _fit_model_to_data(model_config: UNetConfig, dataset, config: TrainConfig, ckpt: dict | None) -> UNetConfig:
-    """The model config with the data's image size recorded (sampling draws that size), checked against the data's
-    channels and classes and against the checkpoint being resumed."""
+    """The model config with the data's image size recorded (sampling draws that size), checked against the data
+    and the checkpoint being resumed."""
     if config.conditional != model_config.conditional:
         raise ValueError(f"TrainConfig.conditional={config.conditional} but the model config has num_classes="
-                         f"{model_config.num_classes}: a class-conditional run needs a model with num_classes and "
-                         "context_dim (training.cli.build_configs sets them), an unconditional run one without")
+                         f"{model_config.num_classes}: a class-conditional run needs a model with num_classes")
     if model_config.context_dim is not None and not model_config.conditional:
-        raise ValueError(f"the model config has context_dim={model_config.context_dim} but no num_classes: the "
-                         "trainer can only provide class labels as context")
+        raise ValueError(f"context_dim={model_config.context_dim} without num_classes: the trainer can only provide "
+                         "class labels as context")
     C, H, W = tuple(dataset[0][0].shape)
     where = config.data_path
     if H != W:
