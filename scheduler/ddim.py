@@ -8,11 +8,9 @@ steps. One step τ_i → τ_{i−1} (Eq. 12, with σ from Eq. 16)::
     σ_τ(η)        = η · √((1−ᾱ_prev)/(1−ᾱ_τ)) · √(1 − ᾱ_τ/ᾱ_prev)
     x_prev        = √ᾱ_prev · x̂0 + √(1 − ᾱ_prev − σ_τ²) · ε_θ + σ_τ · z,      z ~ N(0, I)
 
-η = 0 is the deterministic DDIM sampler; η = 1 with the full subsequence (S = T) is exactly DDPM's
-ancestral step: σ² = β̃_t and the mean equals Eq. 11 (tested in tests/test_ddim.py).
-
-Conventions (the same as :class:`LinearNoiseScheduler`): timesteps are 0-based, and the step taken from
-the smallest timestep τ_1 lands on ᾱ_prev := 1, i.e. on x0 itself (diffusers' ``set_alpha_to_one=True``).
+η = 0 is the deterministic DDIM sampler; η = 1 with S = T is exactly DDPM's ancestral step (σ² = β̃_t, the
+mean is Eq. 11). Timesteps are 0-based, and the step from τ_1 lands on ᾱ_prev := 1, i.e. on x0 itself
+(diffusers' ``set_alpha_to_one=True``).
 
 **The subsequence** (``spacing``; definitions match diffusers' ``timestep_spacing``, see Lin et al.,
 "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024, Table 2):
@@ -25,33 +23,27 @@ the smallest timestep τ_1 lands on ᾱ_prev := 1, i.e. on x0 itself (diffusers'
 
 For S = T all three are T−1, …, 0.
 
-**Clamping.** With ``clip_x0=True`` (default) x̂0 is clamped to the data range [−1, 1] and ε is re-derived
-from the clamped x̂0, ε' = (x_τ − √ᾱ_τ x̂0)/√(1−ᾱ_τ), before the update (improved-diffusion's ``ddim_sample``,
-diffusers' ``use_clipped_model_output=True``). With η = 1 and S = T this is DDPM with
-``mean_from_clipped_x0=True``; ``clip_x0=False`` gives Eq. 12 verbatim and DDPM's default Eq. 11 mean.
+**Clamping.** ``clip_x0=True`` (default) clamps x̂0 to [−1, 1] and re-derives ε' = (x_τ − √ᾱ_τ x̂0)/√(1−ᾱ_τ)
+from it (improved-diffusion's ``ddim_sample``, diffusers' ``use_clipped_model_output=True``); with η = 1 and
+S = T this is DDPM with ``mean_from_clipped_x0=True``. ``clip_x0=False`` is Eq. 12 verbatim.
 """
 
 from __future__ import annotations
 
 import torch
 
-from scheduler.extract import FewStepSampler, as_timestep_tensor, check_noise_pred, extract, step_noise
+from scheduler.extract import FewStepSampler, as_timestep_tensor, check_same_shape, extract, step_noise
 from scheduler.linear_noise_scheduler import NoiseScheduler
 
 SPACINGS = ("trailing", "leading", "linspace")
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing") -> torch.Tensor:
-    """The subsequence τ_S > … > τ_1 of {0, …, T−1}, as a descending LongTensor ``[num_steps]``.
-
-    See the module docstring for the three ``spacing`` rules.
-    """
+    """The subsequence τ_S > … > τ_1 of {0, …, T−1} (``spacing``: see above), a descending ``[num_steps]``."""
     if spacing not in SPACINGS:
         raise ValueError(f"unknown DDIM timestep spacing {spacing!r}; choose one of {SPACINGS}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_timesteps:
-        raise ValueError(
-            f"the number of DDIM steps must be an int in [1, T={num_timesteps}], got {num_steps!r}"
-        )
+        raise ValueError(f"the number of DDIM steps must be an int in [1, T={num_timesteps}], got {num_steps!r}")
     T, S = num_timesteps, num_steps
     i = torch.arange(S, dtype=torch.float64)
     if spacing == "trailing":
@@ -66,15 +58,7 @@ def ddim_timesteps(num_timesteps: int, num_steps: int, spacing: str = "trailing"
 
 
 class DDIMScheduler(FewStepSampler):
-    """DDIM steps (Eq. 12) over a strided subsequence of a trained DDPM's T steps.
-
-    Args:
-        scheduler: the DDPM's noise schedule (ᾱ_t, and where the tensors live).
-        num_steps: S, the number of reverse steps, in [1, T].
-        eta: η in [0, 1]; 0 is deterministic, 1 is DDPM-like (exactly DDPM when S = T).
-        spacing: how τ is chosen: ``"trailing"`` (default), ``"leading"`` or ``"linspace"``.
-        clip_x0: clamp x̂0 to [−1, 1] and re-derive ε from it (default), or use Eq. 12 verbatim.
-    """
+    """DDIM steps (Eq. 12) over S = ``num_steps`` of a trained DDPM's T steps, with η = ``eta`` in [0, 1]."""
 
     _tables = ("sqrt_alphas_cumprod_prev", "sigmas", "dir_coef", "in_subsequence")
 
@@ -119,8 +103,6 @@ class DDIMScheduler(FewStepSampler):
         self.dir_coef = dense(dir_coef)  # √(1 − ᾱ_prev − σ_τ²)
         self.in_subsequence = torch.zeros(T, dtype=torch.bool, device=scheduler.device)
         self.in_subsequence[self.timesteps] = True
-        self._prev_of = torch.full((T,), -2, dtype=torch.long)
-        self._prev_of[self.timesteps] = self.prev_timesteps
 
     def __repr__(self) -> str:
         return (
@@ -128,26 +110,12 @@ class DDIMScheduler(FewStepSampler):
             f"clip_x0={self.clip_x0}, T={self.num_timesteps})"
         )
 
-    def prev_timestep(self, t: int) -> int:
-        """τ_{i−1} for t = τ_i; −1 for the last step (which lands on x0)."""
-        if not 0 <= t < self.num_timesteps or int(self._prev_of[t]) == -2:
-            raise ValueError(f"t={t} is not in this DDIM subsequence {self.timesteps.tolist()}")
-        return int(self._prev_of[t])
-
     def step(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DDIM step x_τ → x_prev (Eq. 12). Same signature as :meth:`LinearNoiseScheduler.sample_prev_timestep`.
-
-        Args:
-            x_t: ``[B, ...]``. noise_pred: ε_θ(x_t, t), same shape.
-            t: an int or a ``[B]`` LongTensor; every entry must be in :attr:`timesteps`.
-            generator: RNG for z (only drawn when η > 0). noise: z itself (overrides ``generator``).
-
-        Returns:
-            ``(x_prev, x0_pred)``; x0_pred is clamped to [−1, 1] when ``clip_x0``.
-        """
-        check_noise_pred(x_t, noise_pred)
+        """One DDIM step x_τ → x_prev (Eq. 12), every ``t`` in :attr:`timesteps`; arguments and result as for
+        :meth:`NoiseScheduler.sample_prev_timestep`, but x0_pred is clamped only with ``clip_x0``."""
+        check_same_shape(noise_pred, "noise_pred", x_t)
         if self.device != x_t.device:
             raise ValueError(f"the DDIM tables live on {self.device} but x_t is on {x_t.device}; call ddim.to(device)")
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)

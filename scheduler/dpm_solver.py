@@ -11,21 +11,18 @@ x_θ(x_t, t) = (x_t − σ_t ε_θ(x_t, t))/α_t::
     2M, i ≥ 2:                    the same with x_θ(t_{i−1}) replaced by
                                   D_i = (1 + 1/(2r_i)) x_θ(t_{i−1}) − 1/(2r_i) x_θ(t_{i−2}),  r_i = h_{i−1}/h_i
 
-so each step reuses the previous step's x_θ and costs one network call. Choices, all as diffusers'
-``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`` makes them by default (0.42;
-tests/test_dpm_solver.py checks the two agree step by step):
+so each step reuses the previous step's x_θ and costs one network call. Choices, all diffusers' defaults for
+``DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)`` (the tests compare each step):
 
 - **timesteps** (``timestep_spacing="linspace"``): round(linspace(0, T−1, S+1)) reversed, without its final 0:
   T = 1000, S = 10 → 999, 899, …, 100; the last step goes from the smallest (100) straight to x0.
 - **the first step** is first order (there is no earlier x_θ yet);
 - **the last step** goes to σ = 0 (``final_sigmas_type="zero"``), where h = ∞ and the first-order step is
-  exactly x_θ: the sample is the last data prediction. (Lu et al. stop at a small t = ε instead.)
-  diffusers' ``lower_order_final`` (first order on the last step(s) when S < 15) changes nothing further
-  for 2M: only the final step can be lowered, and it is first order already.
+  exactly x_θ: the sample is the last data prediction. (Lu et al. stop at a small t = ε instead.) diffusers'
+  ``lower_order_final`` changes nothing for 2M: only the final step could be lowered, and it is first order.
 - **no clamping** by default (diffusers' ``thresholding=False``). ``clip_x0=True`` clamps x_θ to [−1, 1]
   before it is used and kept for the next step — diffusers' ``thresholding=True, sample_max_value=1.0``,
-  whose dynamic threshold s is clamped into [1, 1], i.e. static thresholding. The ``--eval-ddpm-model`` CLI
-  clamps (``SamplerConfig.clip_x0=True``) unless ``--no-clip-x0``, as it does for DDIM.
+  whose dynamic threshold s is clamped into [1, 1], i.e. static thresholding.
 
 **State.** A multistep solver carries x_θ from one step to the next. The scheduler keeps it, and every chain
 starts fresh: the step at ``timesteps[0]`` never reads the previous state (it is first order) and
@@ -38,35 +35,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from scheduler.extract import FewStepSampler, as_timestep_tensor, check_noise_pred
+from scheduler.extract import FewStepSampler, as_timestep_tensor, check_same_shape
 from scheduler.linear_noise_scheduler import NoiseScheduler
 
 
 def dpm_solver_timesteps(num_timesteps: int, num_steps: int) -> torch.Tensor:
     """diffusers' ``"linspace"`` timesteps: round(linspace(0, T−1, S+1)), descending, without the final 0.
 
-    Returned as a descending LongTensor ``[num_steps]``. numpy's linspace and round (half to even) are used as
-    diffusers uses them, so ties such as 499.5 round the same way.
+    numpy's linspace and round (half to even), as diffusers uses them, so ties such as 499.5 round the same way.
     """
     T, S = num_timesteps, num_steps
     if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= T:
         raise ValueError(f"the number of DPM-Solver++ steps must be an int in [1, T={T}], got {S!r}")
     tau = torch.from_numpy(np.linspace(0, T - 1, S + 1).round()[::-1][:-1].astype(np.int64))
     if len(tau) > 1 and not bool((tau[:-1] > tau[1:]).all()):
-        raise ValueError(
-            f"DPM-Solver++ with S={S} of T={T} steps would repeat timesteps {tau.tolist()}; use S <= {T - 1}"
-        )
+        raise ValueError(f"DPM-Solver++ with S={S} of T={T} steps would repeat timesteps {tau.tolist()}; "
+                         f"use S <= {T - 1}")
     return tau
 
 
 class DPMSolverPlusPlusScheduler(FewStepSampler):
-    """DPM-Solver++(2M) steps over S timesteps of a trained DDPM (see the module docstring).
-
-    Args:
-        scheduler: the DDPM's noise schedule (ᾱ_t, and where its tensors live).
-        num_steps: S, the number of steps (= network calls), in [1, T−1] for T = 1000.
-        clip_x0: clamp the data prediction x_θ to [−1, 1] (default False, as diffusers; the CLI passes True).
-    """
+    """DPM-Solver++(2M) steps over S = ``num_steps`` (network calls) timesteps of a trained DDPM."""
 
     _tables = ("_x0_prev",)  # the step coefficients are Python floats
 
@@ -95,19 +84,11 @@ class DPMSolverPlusPlusScheduler(FewStepSampler):
 
     def step(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One DPM-Solver++(2M) step from ``t`` to the next timestep (the run_chain step signature).
+        """One step from ``t`` (one value for the whole batch) to the next timestep; returns ``(x_prev, x_θ(x_t, t))``.
 
-        Args:
-            x_t: ``[B, ...]``. noise_pred: ε_θ(x_t, t), same shape.
-            t: an int or a ``[B]`` LongTensor with one value, in :attr:`timesteps`; steps come in order,
-                starting from ``timesteps[0]`` (which starts a new chain).
-            generator: unused (the solver is deterministic); accepted for the shared signature.
-
-        Returns:
-            ``(x_prev, x0_pred)``: x at the next timestep (the final sample after the last step) and x_θ(x_t, t),
-            clamped to [−1, 1] when ``clip_x0``.
+        ``generator`` is unused (the solver is deterministic) but keeps run_chain's step signature.
         """
-        check_noise_pred(x_t, noise_pred)
+        check_same_shape(noise_pred, "noise_pred", x_t)
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
         if t.numel() == 0 or bool((t != t[0]).any()):
             raise ValueError(f"DPM-Solver++ is multistep: every sample must be at the same timestep, got {t.tolist()}")

@@ -7,10 +7,8 @@ import torch
 
 
 def as_timestep_tensor(t: torch.Tensor | int, batch_size: int, num_timesteps: int, device) -> torch.Tensor:
-    """Validate ``t`` and return it as a LongTensor of shape ``[batch_size]`` on ``device``.
-
-    ``t`` may be a Python int (the same step for every sample), a 0-d tensor, or a ``[batch_size]`` tensor.
-    """
+    """``t`` (an int or 0-d tensor for the whole batch, or a ``[batch_size]`` tensor) as a validated ``[batch_size]``
+    LongTensor on ``device``."""
     if isinstance(t, bool):
         raise ValueError(f"timestep must be an int or a LongTensor, got {t!r}")
     if isinstance(t, int):
@@ -21,16 +19,12 @@ def as_timestep_tensor(t: torch.Tensor | int, batch_size: int, num_timesteps: in
         if t.dim() == 0:
             t = t.expand(batch_size)
         if t.dim() != 1 or t.shape[0] != batch_size:
-            raise ValueError(
-                f"timesteps must have shape [{batch_size}] to match the batch, got {tuple(t.shape)}"
-            )
+            raise ValueError(f"timesteps must have shape [{batch_size}] to match the batch, got {tuple(t.shape)}")
         t = t.to(device=device, dtype=torch.long)
     else:
         raise ValueError(f"timestep must be an int or a LongTensor, got {type(t).__name__}")
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_timesteps):
-        raise ValueError(
-            f"timesteps must lie in [0, {num_timesteps - 1}], got min {int(t.min())}, max {int(t.max())}"
-        )
+        raise ValueError(f"timesteps must lie in [0, {num_timesteps - 1}], got min {int(t.min())}, max {int(t.max())}")
     return t
 
 
@@ -58,13 +52,8 @@ def draw_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator |
 
 
 def check_same_shape(tensor: torch.Tensor, name: str, x: torch.Tensor, x_name: str = "x_t") -> None:
-    """Raise ValueError naming both unless ``tensor`` (e.g. noise_pred) has the shape of ``x``."""
     if tensor.shape != x.shape:
         raise ValueError(f"{name} shape {tuple(tensor.shape)} must equal {x_name} shape {tuple(x.shape)}")
-
-
-def check_noise_pred(x_t: torch.Tensor, noise_pred: torch.Tensor) -> None:
-    check_same_shape(noise_pred, "noise_pred", x_t)
 
 
 def step_noise(x_t: torch.Tensor, generator: torch.Generator | None, noise: torch.Tensor | None) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from scheduler.extract import as_timestep_tensor, check_noise_pred, check_same_shape, extract, step_noise
+from scheduler.extract import as_timestep_tensor, check_same_shape, extract, step_noise
 
 MIN_ALPHA_BAR = 1e-30  # ᾱ_T below this leaves float32's normal range once square-rooted and inverted
 
@@ -29,28 +29,24 @@ class DiffusionConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        if isinstance(self.num_timesteps, bool) or not isinstance(self.num_timesteps, int):
-            raise ValueError(f"num_timesteps must be an int, got {self.num_timesteps!r}")
-        if self.num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
+        T = self.num_timesteps
+        if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+            raise ValueError(f"num_timesteps must be a positive int, got {T!r}")
         for name in ("beta_start", "beta_end"):
             value = getattr(self, name)
             if not 0.0 < float(value) < 1.0:
                 raise ValueError(f"{name} must lie in the open interval (0, 1), got {value}")
         if self.beta_start > self.beta_end:
-            raise ValueError(
-                f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end}): "
-                "the linear schedule increases the noise level with t"
-            )
-        if self.num_timesteps > 100_000:
-            raise ValueError(f"num_timesteps={self.num_timesteps} is beyond any useful T (the schedule is held in "
-                             "memory; the paper uses 1000)")
-        # log ᾱ_T = Σ log(1 − β_t) of the linear schedule, in float64
-        log_alpha_bar_T = float(torch.log1p(-torch.linspace(self.beta_start, self.beta_end, self.num_timesteps,
-                                                            dtype=torch.float64)).sum())
+            raise ValueError(f"beta_start ({self.beta_start}) must not exceed beta_end ({self.beta_end}): the linear "
+                             "schedule increases the noise level with t")
+        if T > 100_000:
+            raise ValueError(f"num_timesteps={T} is beyond any useful T (the schedule is held in memory; the paper "
+                             "uses 1000)")
+        betas = torch.linspace(self.beta_start, self.beta_end, T, dtype=torch.float64)
+        log_alpha_bar_T = float(torch.log1p(-betas).sum())  # log ᾱ_T = Σ log(1 − β_t)
         if log_alpha_bar_T < math.log(MIN_ALPHA_BAR):
             raise ValueError(
-                f"this schedule (T={self.num_timesteps}, β from {self.beta_start} to {self.beta_end}) drives ᾱ_T to "
+                f"this schedule (T={T}, β from {self.beta_start} to {self.beta_end}) drives ᾱ_T to "
                 f"exp({log_alpha_bar_T:.0f}), below float32's range: x̂0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t would divide by "
                 "zero and sampling would give NaN. Lower --beta-end or --num-timesteps (the paper: 0.02, 1000)")
 
@@ -59,19 +55,12 @@ class DiffusionConfig:
 
 
 class NoiseScheduler:
-    """Forward (q) and reverse (p) steps of DDPM for any β sequence β_1 … β_T.
+    """Forward (q) and reverse (p) steps of DDPM for any β_1 … β_T in (0, 1], ``betas [T]``: the linear training
+    schedule, and DDPM respaced to fewer steps (:mod:`scheduler.respace`), whose β' are not linear.
 
-    The training schedule is :class:`LinearNoiseScheduler`; this base also serves DDPM respaced to fewer steps
-    (:mod:`scheduler.respace`), whose β' are not linear.
-
-    Args:
-        betas: β_t, shape ``[T]``, each in (0, 1]; converted to float64 before the tables are derived.
-        device: where the schedule tensors live; move them later with :meth:`to`.
-        mean_from_clipped_x0: how :meth:`sample_prev_timestep` forms the reverse mean.
-            ``False`` (default) — Eq. 11 exactly, μ = (x_t − β_t/√(1−ᾱ_t)·ε_θ)/√α_t, as in the paper's
-            Algorithm 2. ``True`` — the posterior mean of Eq. 7 evaluated at the clamped x̂0,
-            μ̃(x_t, clamp(x̂0)); the two are identical whenever x̂0 needs no clamping, and the clamped
-            form keeps early, noisy predictions inside the data range (improved-diffusion's default).
+    ``mean_from_clipped_x0`` picks the reverse mean of :meth:`sample_prev_timestep`: ``False`` — Eq. 11, as in
+    Algorithm 2; ``True`` — Eq. 7's posterior mean μ̃(x_t, clamp(x̂0)), identical whenever x̂0 needs no clamping,
+    which keeps early, noisy predictions inside the data range (improved-diffusion's default).
     """
 
     def __init__(
@@ -138,11 +127,7 @@ class NoiseScheduler:
         return t.to(device)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε  (Eq. 4, reparameterised).
-
-        Args:
-            x0: clean images ``[B, ...]``. noise: ε, same shape. t: ``[B]`` LongTensor or an int.
-        """
+        """x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε  (Eq. 4, reparameterised), for ``x0, noise [B, ...]``."""
         check_same_shape(noise, "noise", x0, "x0")
         t = as_timestep_tensor(t, x0.shape[0], self.num_timesteps, x0.device)
         return extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(
@@ -170,19 +155,12 @@ class NoiseScheduler:
     def sample_prev_timestep(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
                              generator: torch.Generator | None = None, noise: torch.Tensor | None = None
                              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ancestral step x_t → x_{t−1} (Algorithm 2, line 4).
+        """One ancestral step x_t → x_{t−1} (Algorithm 2, line 4); returns ``(x_prev, x0_pred)``.
 
-        Args:
-            x_t: ``[B, ...]``. noise_pred: ε_θ(x_t, t), same shape.
-            t: an int or a ``[B]`` LongTensor (samples may sit at different steps).
-            generator: RNG for z ~ N(0, I). noise: z itself, to make a step deterministic (overrides
-                ``generator``).
-
-        Returns:
-            ``(x_prev, x0_pred)`` — x_{t−1} = μ + σ_t z with σ_t² = β̃_t (no noise where t = 0), and
-            x̂0 clamped to [−1, 1].
+        ``noise_pred`` is ε_θ(x_t, t); samples may sit at different steps ``t [B]``; ``noise`` is z itself (it
+        overrides ``generator``).
         """
-        check_noise_pred(x_t, noise_pred)
+        check_same_shape(noise_pred, "noise_pred", x_t)
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
 
         # 1. x̂0 from the predicted noise (Eq. 4 inverted), clamped to the data range.
@@ -198,15 +176,8 @@ class NoiseScheduler:
         return x_prev, x0_pred
 
 
-
 class LinearNoiseScheduler(NoiseScheduler):
-    """DDPM with β_t linear in t: the schedule the models are trained with.
-
-    Args:
-        num_timesteps: T, the number of diffusion steps.
-        beta_start: β_1. beta_end: β_T. Both in (0, 1), ``beta_start <= beta_end``.
-        device, mean_from_clipped_x0: as for :class:`NoiseScheduler`.
-    """
+    """DDPM with β_t linear in t from β_1 = ``beta_start`` to β_T = ``beta_end``: the training schedule."""
 
     def __init__(
         self,

@@ -7,10 +7,8 @@ process of its own: its ᾱ'_i must equal the trained ᾱ_{τ_i}, which fixes it
     β'_i = 1 − ᾱ_{τ_i} / ᾱ_{τ_{i−1}},     ᾱ_{τ_0} := 1,     so that ∏_{j≤i} (1 − β'_j) = ᾱ_{τ_i}.
 
 DDPM's ancestral step (Algorithm 2, with β̃'_i = β'_i (1 − ᾱ'_{i−1})/(1 − ᾱ'_i)) then runs unchanged on the S
-steps: :class:`RespacedDDPMScheduler` builds a :class:`NoiseScheduler` from β' and maps each original timestep
-τ_i to its index i in it, so the model is called with τ_i (the timesteps it was trained on) while the step
-uses the respaced tables. The subsequence is chosen as for DDIM (:func:`scheduler.ddim.ddim_timesteps`);
-S = T gives back every step and the same process.
+steps, while the model is called with τ_i, the timesteps it was trained on. The subsequence is chosen as for
+DDIM (:func:`scheduler.ddim.ddim_timesteps`); S = T gives back every step and the same process.
 """
 
 from __future__ import annotations
@@ -23,12 +21,8 @@ from scheduler.linear_noise_scheduler import NoiseScheduler
 
 
 def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (ᾱ_{τ_0} := 1) for the kept timesteps, in ascending order of τ, float64.
-
-    Args:
-        alphas_cumprod: ᾱ_t of the full schedule, ``[T]`` (float64 for an exact identity).
-        timesteps: the kept τ, ``[S]``, any order, no repeats.
-    """
+    """β'_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}} (ᾱ_{τ_0} := 1), float64, for the kept ``timesteps [S]`` (any order, no
+    repeats) in ascending order of τ; ``alphas_cumprod [T]`` should be float64 for an exact identity."""
     tau = torch.as_tensor(timesteps).sort().values
     if len(tau) == 0 or bool((tau[1:] == tau[:-1]).any()):
         raise ValueError(f"respacing needs distinct timesteps, got {timesteps.tolist()}")
@@ -38,17 +32,10 @@ def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> tor
 
 
 class RespacedDDPMScheduler(FewStepSampler):
-    """DDPM's ancestral step over S of the T trained timesteps (Nichol & Dhariwal 2021, §4).
+    """DDPM's ancestral step over S = ``num_steps`` of the T trained timesteps, chosen by ``spacing`` as for DDIM.
 
-    Args:
-        scheduler: the trained DDPM schedule; its ``mean_from_clipped_x0`` choice carries over.
-        num_steps: S in [1, T].
-        spacing: how the S timesteps are picked (``"trailing"``, ``"leading"`` or ``"linspace"``; see
-            scheduler/ddim.py).
-
-    Attributes:
-        timesteps: the kept original timesteps τ_S > … > τ_1 (descending LongTensor ``[S]``): what the model sees.
-        respaced: the S-step :class:`NoiseScheduler` built from β'; its step i is the original τ_{i+1}.
+    ``timesteps`` are the kept original τ_S > … > τ_1 (what the model sees); ``respaced`` is the S-step
+    :class:`NoiseScheduler` built from β' (keeping ``mean_from_clipped_x0``), whose step i is τ_{i+1}.
     """
 
     _tables = ("respaced", "_index_of")
@@ -84,11 +71,7 @@ class RespacedDDPMScheduler(FewStepSampler):
     def step(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One ancestral step x_{τ_i} → x_{τ_{i−1}}; same signature as :meth:`NoiseScheduler.sample_prev_timestep`.
-
-        ``t`` holds the *original* timesteps τ_i (what the model was called with); the step itself is DDPM's
-        :meth:`~NoiseScheduler.sample_prev_timestep` on the respaced schedule, at τ_i's 0-based position among
-        the kept timesteps. Returns ``(x_prev, x0_pred)``.
-        """
+        """One ancestral step x_{τ_i} → x_{τ_{i−1}}: ``t`` holds the original τ_i (what the model was called with),
+        the step is the respaced schedule's :meth:`~NoiseScheduler.sample_prev_timestep` at τ_i's position."""
         i = self.respaced_index(t, x_t.shape[0])
         return self.respaced.sample_prev_timestep(x_t, noise_pred, i, generator=generator, noise=noise)

@@ -82,12 +82,12 @@ def test_bad_spacing_and_eta_raise(ddpm):
             DDIMScheduler(ddpm, 10, eta=eta)
 
 
-def test_prev_timestep_chain(ddpm):
+def test_prev_timesteps_chain(ddpm):
+    """τ_{i−1} beside each τ_i; −1 after the last step (which lands on x0)."""
     ddim = DDIMScheduler(ddpm, 50)
-    assert ddim.prev_timestep(999) == 979
-    assert ddim.prev_timestep(19) == -1
-    with pytest.raises(ValueError, match="not in this DDIM subsequence"):
-        ddim.prev_timestep(500)
+    assert ddim.prev_timesteps[:2].tolist() == [979, 959] and ddim.prev_timesteps[-2:].tolist() == [19, -1]
+    assert torch.equal(ddim.prev_timesteps[:-1], ddim.timesteps[1:])
+    assert DDIMScheduler(ddpm, T).prev_timesteps.tolist() == list(range(T - 2, -2, -1))
 
 
 def test_step_rejects_timesteps_outside_the_subsequence(ddpm):
@@ -223,14 +223,6 @@ def test_built_on_a_device_every_table_lives_there():
     ddim = DDIMScheduler(LinearNoiseScheduler(T, device="meta"), 10)
     assert {x.device.type for x in (ddim.sqrt_alphas_cumprod_prev, ddim.sigmas, ddim.dir_coef,
                                     ddim.in_subsequence)} == {"meta"}
-
-
-def test_prev_timestep(ddpm):
-    full = DDIMScheduler(ddpm, T)
-    assert full.prev_timestep(0) == -1 and full.prev_timestep(1) == 0 and full.prev_timestep(T - 1) == T - 2
-    for t in (-1, T, 500):  # outside [0, T−1], or not in the subsequence 999, 899, …, 99
-        with pytest.raises(ValueError, match=f"t={t} is not in this DDIM subsequence"):
-            DDIMScheduler(ddpm, 10).prev_timestep(t)
 
 
 @pytest.mark.parametrize("noise_pred, noise, message", [
