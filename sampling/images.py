@@ -96,8 +96,11 @@ def load_samples_npz(path: str | Path) -> tuple[np.ndarray, dict]:
     return images, metadata
 
 
-def trajectory_frames(trajectory: Trajectory, num_rows: int, scale: int = 2) -> list[Image.Image]:
-    """One image per snapshot: the grid of x_t (left) beside the grid of x̂0 (right)."""
+def save_trajectory_gif(
+    trajectory: Trajectory, path: str | Path, num_rows: int, frame_ms: int = 80, final_ms: int = 1500, scale: int = 2
+) -> Path:
+    """Animate the reverse chain: per frame the grid of x_t (left) beside that of x̂0 (right); the last frame is
+    held ``final_ms``."""
     frames = []
     for k in range(len(trajectory.t)):
         left = make_grid(to_uint8(trajectory.x_t[k]), num_rows)
@@ -107,14 +110,6 @@ def trajectory_frames(trajectory: Trajectory, num_rows: int, scale: int = 2) -> 
         if scale > 1:
             img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
         frames.append(img)
-    return frames
-
-
-def save_trajectory_gif(
-    trajectory: Trajectory, path: str | Path, num_rows: int, frame_ms: int = 80, final_ms: int = 1500, scale: int = 2
-) -> Path:
-    """Animate the reverse chain: x_t (left) and x̂0 (right) per frame; the last frame is held ``final_ms``."""
-    frames = trajectory_frames(trajectory, num_rows, scale)
     if not frames:
         raise ValueError("the trajectory has no frames")
     path = Path(path)

@@ -3,10 +3,8 @@ DPM-Solver++(2M).
 
 The noise predictor is any ``eps_fn(x_t [B, C, H, W], t LongTensor [B]) -> ε̂ [B, C, H, W]``: the plain model
 (:func:`model_eps_fn`) or a guided mixture of model calls (:mod:`sampling.guidance`). Every sampler runs
-:func:`run_chain`: x_T ~ N(0, I), then per timestep ``(x_prev, x0_pred) = step(x_t, ε̂, t, generator)`` with the
-step of :class:`NoiseScheduler` (Algorithm 2), :class:`RespacedDDPMScheduler`, :class:`DDIMScheduler` (Eq. 12 of
-Song et al.) or :class:`DPMSolverPlusPlusScheduler` (multistep; restarts at the first timestep of every batch).
-``t`` is always an original timestep, so the model sees the timesteps it was trained on.
+:func:`run_chain`: x_T ~ N(0, I), then per timestep ``(x_prev, x0_pred) = step(x_t, ε̂, t, generator)`` with
+``t`` an original timestep, so the model sees the timesteps it was trained on.
 
 All noise (x_T and each step's z) comes from the one ``generator`` in a fixed order, batch by batch, so a run
 repeats exactly for the same (seed, num_samples, batch_size, sampler settings) on the same device and torch
@@ -49,20 +47,13 @@ DEFAULT_SAMPLER_STEPS = 50
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Which reverse process to run.
+    """Which reverse process to run: ``"ddpm"`` (Algorithm 2, over all T steps or respaced to ``num_steps``),
+    ``"ddim"`` or ``"dpm-solver++"`` (2M), over ``num_steps`` = S network calls per image, in [1, T]
+    (DPM-Solver++: [1, T−1]; None → :data:`DEFAULT_STEPS`).
 
-    Attributes:
-        name: ``"ddpm"`` — ancestral sampling (Algorithm 2), over all T steps or respaced to ``num_steps``
-            (Nichol & Dhariwal 2021, scheduler/respace.py); ``"ddim"`` — Eq. 12 of Song et al. over
-            ``num_steps`` steps; ``"dpm-solver++"`` — DPM-Solver++(2M) over ``num_steps`` steps
-            (scheduler/dpm_solver.py).
-        num_steps: S, the network calls per image, in [1, T] (DPM-Solver++: [1, T−1]). None →
-            :data:`DEFAULT_STEPS`.
-        eta: DDIM's η in [0, 1] (0 = deterministic); must stay 0 for the other samplers.
-        spacing: which S timesteps DDIM and respaced DDPM visit (``trailing``/``leading``/``linspace``; see
-            scheduler/ddim.py). DPM-Solver++ always uses diffusers' rule (scheduler/dpm_solver.py).
-        clip_x0: DDIM and DPM-Solver++ — clamp x̂0 to [−1, 1] (DDIM also re-derives ε from it). DDPM's
-            clamping is the scheduler's own ``mean_from_clipped_x0`` choice.
+    ``eta`` is DDIM's η and stays 0 for the others; ``spacing`` picks DDIM's and respaced DDPM's S timesteps
+    (DPM-Solver++ always uses diffusers' rule); ``clip_x0`` clamps x̂0 for DDIM and DPM-Solver++ (DDPM's clamping
+    is the scheduler's ``mean_from_clipped_x0``).
     """
 
     name: str = "ddpm"
@@ -91,10 +82,7 @@ class SamplerConfig:
         return asdict(self)
 
     def describe(self, num_timesteps: int) -> str:
-        """A short label: ``ddpm-1000`` (full), ``ddpm-250`` (respaced), ``ddim-50-eta0``, ``dpm-solver++-20``.
-
-        Raises ValueError if the steps don't fit T.
-        """
+        """A short label: ``ddpm-1000`` (full), ``ddpm-250`` (respaced), ``ddim-50-eta0``, ``dpm-solver++-20``."""
         steps = self.resolved_steps(num_timesteps)
         if self.name == "ddim":
             return f"ddim-{steps}-eta{self.eta:g}"
@@ -174,13 +162,10 @@ def run_chain(
     generator: torch.Generator | None = None,
     trajectory_frames: int = 0,
     trajectory_images: int = 16,
-    progress: bool | tqdm = False,
+    progress: tqdm | None = None,
 ) -> tuple[torch.Tensor, Trajectory | None]:
     """Run the reverse chain from ``x_T`` over ``timesteps`` (descending); return ``(x0 in [−1, 1], trajectory)``.
-    ``progress`` may be a tqdm bar to advance by one per step, or True for a bar of its own."""
-    bar = progress if isinstance(progress, tqdm) else progress_bar(
-        total=len(timesteps), desc="sampling", unit="step", disable=not progress, leave=False
-    )
+    ``progress`` is a bar to advance by one per step."""
     capture = _frame_positions(len(timesteps), trajectory_frames)
     frames_t: list[int] = []
     frames_x: list[torch.Tensor] = []
@@ -197,9 +182,8 @@ def run_chain(
             frames_x.append(x[:trajectory_images].float().cpu())
             frames_x0.append(x0_pred[:trajectory_images].clamp(-1, 1).float().cpu())
         x = x_prev
-        bar.update(1)
-    if not isinstance(progress, tqdm):
-        bar.close()
+        if progress is not None:
+            progress.update(1)
     if (i_bad := int(first_bad)) >= 0:
         raise NonFiniteSamplesError(
             f"sampling produced NaN/inf at step {i_bad + 1} of {len(timesteps)} (t = {int(timesteps[i_bad])}): the "
@@ -234,19 +218,12 @@ def sample_images(
     progress: bool = True,
     batch_eps_fn: Callable[[int, int], EpsFn] | None = None,
 ) -> SampleResult:
-    """Draw ``num_samples`` images in batches of ``batch_size``.
+    """Draw ``num_samples`` images ``[num_samples, *image_shape]`` in [−1, 1] in batches of ``batch_size``, on the
+    scheduler's device (``device`` must match it).
 
-    Args:
-        eps_fn: the noise predictor (see the module docstring); None when ``batch_eps_fn`` is given.
-        scheduler: the DDPM schedule the model was trained with; its device is where sampling runs unless
-            ``device`` is given.
-        trajectory_frames: if > 0, snapshot x_t and x̂0 at this many evenly spaced steps (first batch only,
-            the first ``trajectory_images`` images).
-        batch_eps_fn: ``batch_eps_fn(start, stop)`` returns the noise predictor for samples ``start:stop``
-            (per-sample conditioning, e.g. :func:`sampling.class_conditional_eps_fns`); exclusive with ``eps_fn``.
-
-    Returns:
-        :class:`SampleResult` with CPU images ``[num_samples, *image_shape]`` in [−1, 1].
+    Pass either ``eps_fn`` or ``batch_eps_fn(start, stop)``, the noise predictor for samples ``start:stop``
+    (per-sample conditioning: :func:`sampling.class_conditional_eps_fns`). ``trajectory_frames > 0`` snapshots
+    x_t and x̂0 at that many evenly spaced steps, for the first ``trajectory_images`` images of the first batch.
     """
     config = config if config is not None else SamplerConfig()
     if (eps_fn is None) == (batch_eps_fn is None):
