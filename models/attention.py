@@ -16,14 +16,9 @@ from torch import nn
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, return_weights: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """softmax(QKᵀ/√d [+ causal mask]) · V.
+    """softmax(QKᵀ/√d [+ causal mask: query i sees keys j ≤ i]) · V for q ``(B, h, Nq, d)``, k, v ``(B, h, Nk, d)``.
 
-    Args:
-        q: ``(B, h, Nq, d)``; k, v: ``(B, h, Nk, d)``.
-        causal: query i attends only to keys j ≤ i (requires Nq == Nk).
-        return_weights: also return the attention weights ``(B, h, Nq, Nk)`` (explicit, slower path).
-    Returns:
-        ``(out (B, h, Nq, d), weights or None)``.
+    Returns ``(out (B, h, Nq, d), weights (B, h, Nq, Nk) if return_weights else None)``.
     """
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(f"a causal mask needs as many queries as keys, got {q.shape[-2]} and {k.shape[-2]}")
@@ -69,8 +64,6 @@ class MultiHeadCrossAttention(nn.Module):
     def __init__(self, dim: int, context_dim: int, num_heads: int) -> None:
         super().__init__()
         _check_heads(dim, num_heads)
-        if context_dim < 1:
-            raise ValueError(f"context_dim must be >= 1, got {context_dim}")
         self.num_heads = num_heads
         self.context_dim = context_dim
         self.q = nn.Linear(dim, dim)

@@ -10,23 +10,17 @@ from torch import nn
 from models.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
 
 
-def group_norm(channels: int, groups: int) -> nn.GroupNorm:
-    if channels % groups != 0:
-        raise ValueError(f"GroupNorm needs channels ({channels}) divisible by norm_groups ({groups})")
-    return nn.GroupNorm(groups, channels)
-
-
 class ResidualBlock(nn.Module):
     """GroupNorm → SiLU → Conv3×3, + Linear(SiLU(t_emb)), GroupNorm → SiLU → Conv3×3, + 1×1 skip."""
 
     def __init__(self, in_channels: int, out_channels: int, t_emb_dim: int, norm_groups: int = 8) -> None:
         super().__init__()
         self.block1 = nn.Sequential(
-            group_norm(in_channels, norm_groups), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+            nn.GroupNorm(norm_groups, in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
         )
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(t_emb_dim, out_channels))
         self.block2 = nn.Sequential(
-            group_norm(out_channels, norm_groups), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            nn.GroupNorm(norm_groups, out_channels), nn.SiLU(), nn.Conv2d(out_channels, out_channels, 3, padding=1)
         )
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
@@ -41,11 +35,11 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, channels: int, num_heads: int, norm_groups: int = 8, context_dim: int | None = None):
         super().__init__()
-        self.norm = group_norm(channels, norm_groups)
+        self.norm = nn.GroupNorm(norm_groups, channels)
         self.self_attn = MultiHeadSelfAttention(channels, num_heads)
         self.context_dim = context_dim
         if context_dim is not None:
-            self.cross_norm = group_norm(channels, norm_groups)
+            self.cross_norm = nn.GroupNorm(norm_groups, channels)
             self.cross_attn = MultiHeadCrossAttention(channels, context_dim, num_heads)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,8 +59,6 @@ class _Stage(nn.Module):
 
     def __init__(self, channels_in, channels_out, t_emb_dim, num_layers, attn, num_heads, norm_groups, context_dim):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.resnets = nn.ModuleList(
             ResidualBlock(channels_in if i == 0 else channels_out, channels_out, t_emb_dim, norm_groups)
             for i in range(num_layers)
@@ -90,17 +82,16 @@ class DownSamplingBlock(_Stage):
                  num_layers: int = 1, attn: bool = True, num_heads: int = 4, norm_groups: int = 8,
                  context_dim: int | None = None) -> None:
         super().__init__(in_channels, out_channels, t_emb_dim, num_layers, attn, num_heads, norm_groups, context_dim)
-        self.down_sample = down_sample
         self.downsample = nn.Conv2d(out_channels, out_channels, 4, stride=2, padding=1) if down_sample else None
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        if self.down_sample and (x.shape[-2] % 2 or x.shape[-1] % 2):
+        if self.downsample is not None and (x.shape[-2] % 2 or x.shape[-1] % 2):
             raise ValueError(
                 f"cannot halve a {x.shape[-2]}×{x.shape[-1]} feature map exactly; use an input size divisible "
                 "by 2^(number of down-sampling levels) or set down_sample=False for this level"
             )
         x = self.run(x, t_emb, context)  # (B, out, H, W)
-        return self.downsample(x) if self.down_sample else x  # (B, out, H/2, W/2)
+        return self.downsample(x) if self.downsample is not None else x  # (B, out, H/2, W/2)
 
 
 class BottleNeck(nn.Module):
@@ -109,8 +100,6 @@ class BottleNeck(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, t_emb_dim: int, num_layers: int = 1,
                  num_heads: int = 4, norm_groups: int = 8, context_dim: int | None = None, attn: bool = True):
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.resnets = nn.ModuleList(
             ResidualBlock(in_channels if i == 0 else out_channels, out_channels, t_emb_dim, norm_groups)
             for i in range(num_layers + 1)
@@ -137,12 +126,11 @@ class UpSamplingBlock(_Stage):
                  norm_groups: int = 8, context_dim: int | None = None) -> None:
         super().__init__(in_channels + skip_channels, out_channels, t_emb_dim, num_layers, attn, num_heads,
                          norm_groups, context_dim)
-        self.up_sample = up_sample
         self.upsample = nn.ConvTranspose2d(in_channels, in_channels, 4, stride=2, padding=1) if up_sample else None
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, t_emb: torch.Tensor,
                 context: torch.Tensor | None = None) -> torch.Tensor:
-        if self.up_sample:
+        if self.upsample is not None:
             x = self.upsample(x)  # (B, in, 2H, 2W)
         if x.shape[-2:] != skip.shape[-2:]:
             raise ValueError(f"skip of size {tuple(skip.shape[-2:])} does not match upsampled {tuple(x.shape[-2:])}")

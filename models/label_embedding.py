@@ -16,10 +16,6 @@ class LabelEmbedding(nn.Module):
 
     def __init__(self, num_classes: int, context_dim: int, num_tokens: int = 1) -> None:
         super().__init__()
-        if num_classes < 1 or context_dim < 1 or num_tokens < 1:
-            raise ValueError(
-                f"num_classes, context_dim and num_tokens must be >= 1, got {num_classes}, {context_dim}, {num_tokens}"
-            )
         self.num_classes = num_classes
         self.num_tokens = num_tokens
         self.context_dim = context_dim
@@ -46,8 +42,6 @@ class LabelEmbedding(nn.Module):
 
         Label i is dropped where u_i < ``p_drop``, u ~ U[0, 1) drawn from ``generator`` — or given as ``noise``
         (shape ``[B]``), e.g. a slice of the draws for a larger batch (data-parallel training)."""
-        if not 0.0 <= p_drop <= 1.0:
-            raise ValueError(f"label drop probability must lie in [0, 1], got {p_drop}")
         if noise is None:
             device = generator.device if generator is not None else labels.device
             noise = torch.rand(labels.shape, generator=generator, device=device)

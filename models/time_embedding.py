@@ -7,17 +7,12 @@ from torch import nn
 
 
 def get_time_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of integer timesteps.
+    """Sinusoidal embedding ``[B, dim]`` (float32) of timesteps ``t [B]`` (any numeric dtype), ``dim`` even:
 
     emb[:, i]         = sin(t / max_period^(2i/dim))   for i < dim/2
     emb[:, dim/2 + i] = cos(t / max_period^(2i/dim))
 
     so at t = 0 the sin half is 0 and the cos half is 1.
-
-    Args:
-        t: ``[B]`` timesteps (any numeric dtype). dim: embedding width, even.
-    Returns:
-        ``[B, dim]`` float32.
     """
     if dim % 2 != 0 or dim < 2:
         raise ValueError(f"time embedding dimension must be a positive even number, got {dim}")

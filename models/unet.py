@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from models.attention import MultiHeadCrossAttention, MultiHeadSelfAttention
-from models.blocks import BottleNeck, DownSamplingBlock, ResidualBlock, UpSamplingBlock, group_norm
+from models.blocks import BottleNeck, DownSamplingBlock, ResidualBlock, UpSamplingBlock
 from models.config_dict import DictConfig, check_field_names
 from models.label_embedding import LabelEmbedding
 from models.time_embedding import TimeEmbedding
@@ -30,26 +30,21 @@ class UNetConfig(DictConfig):
 
     Attributes:
         im_channels: channels of the images (1 for MNIST).
-        image_size: side of the (square) images the model was trained on, which sampling draws; ``None`` for a
-            config not tied to data yet (the trainer sets it from the dataset; checkpoints from before it was
-            recorded sample at 28). Must survive every down-sample: divisible by 2^(number of down-samples).
+        image_size: side of the (square) images the model was trained on, which sampling draws; ``None`` until
+            the trainer sets it from the dataset (sampling then draws 28). Divisible by 2^(number of down-samples).
         channels: widths; ``channels[0]`` after ``conv_in``, ``channels[i+1]`` after down level ``i``.
         down_sample: per level (``len(channels) - 1`` entries), whether that level halves H and W.
         attn: per level, whether its down and up blocks have (self-, and with a context cross-) attention.
         layers_per_block: residual layers in each down and up block.
         mid_layers: attention + residual layers in the bottleneck (after its first residual layer).
         mid_attn: whether the bottleneck has attention.
-        num_heads: attention heads everywhere.
         time_emb_dim: width of the sinusoidal time embedding and its MLP (even).
-        norm_groups: GroupNorm groups (every width must be divisible by it).
         context_dim: width of the cross-attention context tokens; ``None`` for an unconditional model.
         num_classes: for a class-conditional model, the number of classes; labels become ``label_tokens``
             context tokens of width ``context_dim`` (which must then be set), plus a learned null label.
         label_tokens: context tokens per label.
-        zero_init: start every residual branch and the output at zero, as Ho et al.'s code does (its
-            ``init_scale=0`` on the second conv of each residual block, each attention output projection and
-            the final conv): every block starts as the identity and ε_θ starts at 0. ``False`` keeps
-            PyTorch's default initialisation everywhere. Only matters for a fresh model, not a loaded one.
+        zero_init: start the last layer of every residual branch and of the network at zero, as Ho et al.'s code
+            does (``init_scale=0``): every block starts as the identity and ε_θ at 0. ``False``: PyTorch's init.
     """
 
     im_channels: int = 1
@@ -78,17 +73,22 @@ class UNetConfig(DictConfig):
         def bad(field: str, why: str) -> ValueError:
             return ValueError(f"UNetConfig.{field}: {why} (got {getattr(self, field)!r})")
 
-        for name in ("im_channels", "layers_per_block", "mid_layers", "num_heads", "time_emb_dim", "norm_groups"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        def positive_int(value) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+        for name in ("im_channels", "layers_per_block", "mid_layers", "num_heads", "time_emb_dim", "norm_groups",
+                     "label_tokens"):
+            if not positive_int(getattr(self, name)):
                 raise bad(name, "must be a positive int")
+        for name in ("image_size", "context_dim", "num_classes"):
+            if getattr(self, name) is not None and not positive_int(getattr(self, name)):
+                raise bad(name, "must be None or a positive int")
         if len(self.channels) < 2 or any(not isinstance(c, int) or c < 1 for c in self.channels):
             raise bad("channels", "needs at least two positive widths (conv_in width, then one per level)")
         levels = len(self.channels) - 1
-        if len(self.down_sample) != levels:
-            raise bad("down_sample", f"needs one entry per level, i.e. len(channels) - 1 = {levels}")
-        if len(self.attn) != levels:
-            raise bad("attn", f"needs one entry per level, i.e. len(channels) - 1 = {levels}")
+        for name in ("down_sample", "attn"):
+            if len(getattr(self, name)) != levels:
+                raise bad(name, f"needs one entry per level, i.e. len(channels) - 1 = {levels}")
         if self.time_emb_dim % 2:
             raise bad("time_emb_dim", "must be even (half sine, half cosine)")
         if any(c % self.norm_groups for c in self.channels):
@@ -98,25 +98,14 @@ class UNetConfig(DictConfig):
         ] + ([self.channels[-1]] if self.mid_attn else [])
         if any(c % self.num_heads for c in attn_widths):
             raise bad("num_heads", f"must divide the width of every level with attention ({sorted(set(attn_widths))})")
-        if self.context_dim is not None:
-            if isinstance(self.context_dim, bool) or not isinstance(self.context_dim, int) or self.context_dim < 1:
-                raise bad("context_dim", "must be None or a positive int")
-            if not (any(self.attn) or self.mid_attn):
-                raise bad("context_dim", "cross-attention needs at least one level with attention")
-        if self.num_classes is not None:
-            if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-                raise bad("num_classes", "must be None or a positive int")
-            if self.context_dim is None:
-                raise bad("num_classes", "a class-conditional model needs context_dim for its label tokens")
-        if isinstance(self.label_tokens, bool) or not isinstance(self.label_tokens, int) or self.label_tokens < 1:
-            raise bad("label_tokens", "must be a positive int")
-        if self.image_size is not None:
-            factor = 2 ** sum(bool(d) for d in self.down_sample)
-            if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
-                raise bad("image_size", "must be None or a positive int")
-            if self.image_size % factor:
-                raise bad("image_size", f"must be divisible by {factor}: the model halves H and W "
-                                        f"{factor.bit_length() - 1} times (resize the images with --image-size)")
+        if self.context_dim is not None and not (any(self.attn) or self.mid_attn):
+            raise bad("context_dim", "cross-attention needs at least one level with attention")
+        if self.num_classes is not None and self.context_dim is None:
+            raise bad("num_classes", "a class-conditional model needs context_dim for its label tokens")
+        factor = 2 ** sum(bool(d) for d in self.down_sample)
+        if self.image_size is not None and self.image_size % factor:
+            raise bad("image_size", f"must be divisible by {factor}: the model halves H and W "
+                                    f"{factor.bit_length() - 1} times (resize the images with --image-size)")
         if not isinstance(self.zero_init, bool):
             raise bad("zero_init", "must be True or False")
 
@@ -127,15 +116,14 @@ class UNetConfig(DictConfig):
 
 
 PRESETS: dict[str, UNetConfig] = {
-    # For tests: a few thousand parameters, trains in seconds.
+    # For tests: trains in seconds.
     "tiny": UNetConfig(channels=(8, 16, 16), down_sample=(True, True), attn=(False, False), layers_per_block=1,
                        mid_layers=1, num_heads=2, time_emb_dim=16, norm_groups=4),
     # CPU default. A convolution's cost per parameter grows with the pixels it slides over, so the channels stay
-    # narrow at 28×28 and 14×14, and the width, two residual levels and all attention sit at 7×7, where they are
-    # cheap. The candidates it was chosen from are compared in benchmarks/RESULTS.md.
+    # narrow at 28×28 and 14×14, and the width, two residual levels and all attention sit at 7×7.
     "small": UNetConfig(channels=(16, 16, 64, 64), down_sample=(True, True, False), attn=(False, False, True),
                         layers_per_block=1, mid_layers=1, num_heads=4, time_emb_dim=64, norm_groups=8),
-    # `small` with 80 channels at 7×7: half again the parameters where they are cheapest, for the shipped weights.
+    # `small` with 80 channels at 7×7, for the shipped weights.
     "medium": UNetConfig(channels=(16, 16, 80, 80), down_sample=(True, True, False), attn=(False, False, True),
                          layers_per_block=1, mid_layers=1, num_heads=4, time_emb_dim=64, norm_groups=8),
     # The seed repository's size, for a GPU.
@@ -170,7 +158,7 @@ class UNet(nn.Module):
         self.label_embedding = (
             LabelEmbedding(config.num_classes, ctx, config.label_tokens) if config.conditional else None
         )
-        self.norm_out = group_norm(ch[0], groups)
+        self.norm_out = nn.GroupNorm(groups, ch[0])
         self.conv_out = nn.Conv2d(ch[0], config.im_channels, 3, padding=1)
         if config.zero_init:
             self._zero_init_branch_outputs()
@@ -203,14 +191,8 @@ class UNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int, context: torch.Tensor | None = None) -> torch.Tensor:
-        """
-        Args:
-            x: ``[B, im_channels, H, W]`` noisy images x_t.
-            t: ``[B]`` integer timesteps (0-based), or one int for the whole batch.
-            context: ``[B, M, context_dim]`` tokens for cross-attention (required iff ``context_dim`` is set).
-        Returns:
-            ε_θ, ``[B, im_channels, H, W]``.
-        """
+        """ε_θ ``[B, C, H, W]`` of x_t ``[B, C, H, W]`` at timesteps ``t [B]`` (or one int), cross-attending to
+        ``context [B, M, context_dim]`` (required iff ``context_dim`` is set)."""
         if x.dim() != 4 or x.shape[1] != self.config.im_channels:
             raise ValueError(f"expected x of shape [B, {self.config.im_channels}, H, W], got {tuple(x.shape)}")
         if self.config.context_dim is None and context is not None:
