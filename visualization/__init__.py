@@ -1,7 +1,5 @@
-"""Figures of every DDPM building block, the data and the diffusion process (``scripts/visualize_components.py``).
-
-Each figure function writes one or more PNGs into an output folder and returns their paths.
-"""
+"""Figures of every DDPM building block, the data and the diffusion process (``scripts/visualize_components.py``);
+each function writes its PNGs into an output folder and returns their paths."""
 
 from visualization.components import (
     block_figures,

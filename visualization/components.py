@@ -1,9 +1,5 @@
-"""Figures of the UNet's building blocks: the time embedding, self-/cross-attention weights, the down /
-bottleneck / up blocks and the whole UNet.
-
-Every module is freshly initialised from ``seed`` (untrained): the figures show what each block *does to
-shapes and structure*, not what a trained model has learnt.
-"""
+"""Figures of the UNet's building blocks, each freshly initialised from ``seed`` (untrained): the time embedding,
+self-/cross-attention weights, the down / bottleneck / up blocks and the whole UNet."""
 
 from __future__ import annotations
 
@@ -142,18 +138,13 @@ def cross_attention_figures(
 
 
 # ---------------------------------------------------------------------------------------- UNet blocks
-def _pattern(size: int) -> torch.Tensor:
-    """``(size, size)`` concentric rings on a diagonal ramp, in about [−1, 1]: easy to follow through a block.
-    The ring frequency scales with ``size`` (1.5 rings across 28 pixels), so small maps are not aliased."""
+def _feature_maps(channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``(1, channels, size, size)``: channel 0 is concentric rings on a diagonal ramp, in about [−1, 1], easy to
+    follow through a block; the rest are random mixes of it, its mirror image and noise. The ring frequency
+    scales with ``size`` (1.5 rings across 28 pixels), so small maps are not aliased."""
     coords = torch.linspace(-1, 1, size)
     y, x = torch.meshgrid(coords, coords, indexing="ij")
-    return 0.7 * torch.cos(3 * math.pi * size / 28 * torch.sqrt(x**2 + y**2)) + 0.3 * (x + y) / 2
-
-
-def _feature_maps(channels: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """``(1, channels, size, size)``: channel 0 is the ring pattern, the rest random mixes of it, its mirror
-    image and noise."""
-    base = _pattern(size)
+    base = 0.7 * torch.cos(3 * math.pi * size / 28 * torch.sqrt(x**2 + y**2)) + 0.3 * (x + y) / 2
     mix = torch.randn(channels, 3, generator=generator)
     noise = torch.randn(channels, size, size, generator=generator)
     maps = mix[:, 0, None, None] * base + mix[:, 1, None, None] * base.flip(-1) + 0.3 * mix[:, 2, None, None] * noise
@@ -161,23 +152,11 @@ def _feature_maps(channels: int, size: int, generator: torch.Generator) -> torch
     return maps[None]
 
 
-def _io_figure(panels: list[tuple[str, torch.Tensor]], suptitle: str, path: Path) -> Path:
-    """One panel per ``(title, (1, C, H, W) tensor)``: channel 0 on a shared diverging scale."""
-    limit = symmetric_limit(*(x[0, 0] for _, x in panels))
-    fig = new_figure(4.6 * len(panels), 4.6)
-    for ax, (title, x) in zip(fig.subplots(1, len(panels)), panels):
-        show_map(ax, x[0, 0], f"{title} channel 0\nshape {tuple(x.shape)}", cmap="RdBu_r", vmin=-limit,
-                 vmax=limit, colorbar="activation")
-    fig.suptitle(suptitle)
-    return save_figure(fig, path)
-
-
 def block_figures(
     outdir: Path, which: Sequence[str] = ("down", "bottleneck", "upsample"), seed: int = 0,
     device: str | torch.device = "cpu", t: int = 10, t_emb_dim: int = 64,
 ) -> list[Path]:
-    """``downsample_block_channel0.png``, ``bottleneck_block_channel0.png``, ``upsample_block_channel0.png``:
-    channel 0 of each block's input(s) and output, with the tensor shapes in the titles. Each block draws its
+    """Channel 0 of each block's input(s) and output, with the tensor shapes in the titles. Each block draws its
     inputs from its own generator, so its figure does not depend on which other blocks are drawn."""
     # name: (block, its inputs as (title, channels, size), file name, suptitle)
     blocks = {
@@ -205,7 +184,13 @@ def block_figures(
             xs = [_feature_maps(channels, size, gen).to(device) for _, channels, size in inputs]
             y = block(*xs, t_emb)
         panels = [(title, x) for (title, _, _), x in zip(inputs, xs)] + [("output", y)]
-        paths.append(_io_figure(panels, suptitle, outdir / filename))
+        limit = symmetric_limit(*(x[0, 0] for _, x in panels))  # one diverging scale for every panel
+        fig = new_figure(4.6 * len(panels), 4.6)
+        for ax, (title, x) in zip(fig.subplots(1, len(panels)), panels):
+            show_map(ax, x[0, 0], f"{title} channel 0\nshape {tuple(x.shape)}", cmap="RdBu_r", vmin=-limit,
+                     vmax=limit, colorbar="activation")
+        fig.suptitle(suptitle)
+        paths.append(save_figure(fig, outdir / filename))
     return paths
 
 

@@ -1,8 +1,5 @@
 """Figures of the diffusion process itself: the linear-β schedule, the forward process q(x_t | x0) on a
-real digit, and (with a trained model) the reverse process along sampling.
-
-Timesteps are the scheduler's 0-based indices: ``t = 999`` is the paper's step T = 1000.
-"""
+real digit, and (with a trained model) the reverse process along sampling."""
 
 from __future__ import annotations
 
@@ -38,7 +35,7 @@ def schedule_curves_figure(
     left.set_ylabel("variance")
     left.set_title(f"β_t linear from {scheduler.beta_start:g} to {scheduler.beta_end:g}; β̃_t ≈ β_t")
     zoom = left.inset_axes((0.1, 0.45, 0.38, 0.35))  # the first steps, where β̃_t < β_t
-    first = t[: min(21, len(t))]
+    first = t[:21]
     zoom.plot(first, curve["betas"][first], marker=".", ms=3)
     zoom.plot(first, curve["posterior_variance"][first], ls="--", marker=".", ms=3)
     zoom.set_title("t ≤ 20: β̃_0 = 0 < β̃_t < β_t", fontsize=8)
@@ -69,12 +66,8 @@ def forward_diffusion_figure(
     outdir: Path, image: np.ndarray, scheduler: LinearNoiseScheduler,
     timesteps: Sequence[int] = FORWARD_TIMESTEPS, seed: int = 0,
 ) -> Path:
-    """``forward_diffusion.png``: one digit noised by ``scheduler.add_noise`` with a single fixed ε at each of
-    ``timesteps`` (top), and the histogram of its pixel values against N(0, 1) (bottom).
-
-    Args:
-        image: ``(H, W)`` digit in [0, 1]; mapped to the model's range [−1, 1] as x0.
-    """
+    """``forward_diffusion.png``: one ``(H, W)`` digit in [0, 1] noised by ``scheduler.add_noise`` with a single
+    fixed ε at each of ``timesteps`` (top), and the histogram of its pixel values against N(0, 1) (bottom)."""
     x0 = torch.as_tensor(2.0 * np.asarray(image, dtype=np.float32) - 1.0)[None, None]  # (1, 1, H, W)
     x0 = x0.expand(len(timesteps), -1, -1, -1)
     eps = torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(seed)).expand_as(x0)  # one ε for every t
@@ -112,14 +105,8 @@ def forward_diffusion_figure(
 def reverse_process_figure(
     outdir: Path, trajectory: Trajectory, title: str = "", sample_names: Sequence[str] | None = None
 ) -> Path:
-    """``reverse_process.png``: for each sampled image, a row of x_t and a row of the x̂0 predicted from it
-    at the trajectory's steps (noisiest first), then the final sample.
-
-    Args:
-        trajectory: from :func:`sampling.sample_images` (``trajectory_frames > 0``); its last frame
-            (``t = -1``) is the final sample.
-        sample_names: one short label per image (e.g. its class), shown beside its rows.
-    """
+    """``reverse_process.png``: for each sampled image (named by ``sample_names``, e.g. its class), a row of x_t
+    and a row of the x̂0 predicted from it at the trajectory's steps (noisiest first), then the final sample."""
     steps = trajectory.t[:-1]
     frames, num_samples = trajectory.x_t.shape[:2]
     names = list(sample_names) if sample_names is not None else [f"#{s}" for s in range(num_samples)]

@@ -16,17 +16,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class MNISTPreview:
-    """The first ``per_class`` training images of every class, and the number of images per class.
+    """The first ``per_class`` training images of every class, and the number of images per class."""
 
-    Attributes:
-        images: ``(num_classes, per_class, H, W)`` float in [0, 1]; NaN where a class has fewer images.
-        class_names: one name per class, in label order.
-        counts: class name → number of images.
-    """
-
-    images: np.ndarray
-    class_names: list[str]
-    counts: dict[str, int]
+    images: np.ndarray  # (num_classes, per_class, H, W) in [0, 1]; NaN where a class has fewer images
+    class_names: list[str]  # in label order
+    counts: dict[str, int]  # class name → number of images
 
     def first_image(self, class_name: str = "7") -> np.ndarray:
         """``(H, W)`` in [0, 1]: the first image of ``class_name`` (of the first class if there is none)."""
