@@ -41,19 +41,18 @@ def _check_heads(dim: int, num_heads: int) -> None:
 class MultiHeadSelfAttention(nn.Module):
     """Tokens attend to each other: ``[B, N, dim] → [B, N, dim]``, optionally causally masked."""
 
-    def __init__(self, dim: int, num_heads: int, causal: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         _check_heads(dim, num_heads)
         self.num_heads = num_heads
-        self.causal = causal
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, causal: bool | None = None, return_weights: bool = False):
+    def forward(self, x: torch.Tensor, causal: bool = False, return_weights: bool = False):
         """Returns ``out`` or, with ``return_weights``, ``(out, weights (B, h, N, N))``."""
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out, weights = attention(q, k, v, self.causal if causal is None else causal, return_weights)
+        out, weights = attention(q, k, v, causal, return_weights)
         out = self.proj(out.transpose(1, 2).reshape(B, N, C))  # (B, h, N, d) → (B, N, C)
         return (out, weights) if return_weights else out
 

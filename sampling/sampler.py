@@ -93,11 +93,9 @@ class SamplerConfig:
         # DPM-Solver++'s S + 1 rounded linspace points repeat one for S = T, so it takes at most T − 1 steps.
         T = num_timesteps
         max_steps, bound = (max(T - 1, 1), f"T-1={T - 1}") if self.name == "dpm-solver++" else (T, f"T={T}")
-        default = DEFAULT_STEPS[self.name]
-        if self.num_steps is not None:
-            steps = self.num_steps
-        else:
-            steps = max_steps if default is None else min(default, max_steps)
+        steps = self.num_steps
+        if steps is None:
+            steps = min(DEFAULT_STEPS[self.name] or max_steps, max_steps)
         if steps > max_steps:
             raise ValueError(f"{self.name} num_steps must lie in [1, {bound}], got {steps}")
         return steps
