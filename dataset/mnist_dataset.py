@@ -50,35 +50,18 @@ class MNISTDataset(Dataset):
     ``(float32 tensor (C, H, W) in [-1, 1], int label)``.
 
     Args:
-        split: "train" or "test": which IDX digits to read when ``data_root`` is None or a folder of IDX
-            files. With a class-folder tree as ``data_root`` it is only recorded (any name, or None).
-        data_root: None (default) for the IDX files bundled in ``data/MNIST/raw``; a folder holding MNIST's
-            IDX files (``train-images-idx3-ubyte.gz`` ...); or a class-folder tree ``<data_root>/<class>/<image>``.
-        extensions: file extensions that count as images (case-insensitive); others are ignored.
-        channels: 1 for grayscale (default), 3 for RGB. See :mod:`dataset.image_io` for how 16-bit,
-            palette and transparent images are converted.
-        image_size: None (default) keeps images as stored: every image must have the size of the
-            first one, else :class:`BadImageError` naming the file and both sizes. An int ``s`` or
-            ``(H, W)`` instead resizes every image of another size to it (Pillow bilinear).
-        cache: decode every image once, now, into a uint8 tensor (N, C, H, W) kept in memory
-            (about 47 MB for MNIST's 60,000 images); ``__getitem__`` and :meth:`as_tensors` then never
-            touch the disk.
-        skip_bad: skip files that raise :class:`BadImageError` (logged as warnings, counted in
-            ``num_skipped``, listed in ``skipped``) instead of failing on the first one.
+        split: "train" or "test": which IDX digits to read; only recorded for a class-folder tree.
+        data_root: None for the bundled IDX files in ``data/MNIST/raw``, a folder of MNIST's IDX files, or a
+            class-folder tree ``<data_root>/<class>/<image>``.
+        channels: 1 (grayscale) or 3 (RGB); :mod:`dataset.image_io` says how other modes are converted.
+        image_size: None keeps the stored size (every image must match the first); ``s`` or ``(H, W)`` resizes.
+        cache: decode every image now into a uint8 (N, C, H, W) tensor (~47 MB for MNIST's 60,000).
+        skip_bad: skip files raising :class:`BadImageError` (warned, listed in ``skipped``) instead of failing.
 
-    IDX digits are always held in memory; ``extensions``, ``cache`` and ``skip_bad`` concern image files only.
-    They come in the order and with the pixels of the PNG tree ``scripts/prepare_mnist.py`` writes (by digit,
-    then by position in the IDX file), so a run can switch between the two sources and continue bit-identically.
-
-    With ``cache=True`` or ``skip_bad=True`` every image is decoded here, so every bad file is found here.
-    With neither, only image headers are read; pixel data truncated after a valid header makes
-    ``__getitem__`` raise :class:`BadImageError`.
-
-    Attributes:
-        root: the class-folder tree or IDX folder read. classes: sorted class names. class_to_idx: name ->
-        label. samples: list of (path, label), by class then file name; for IDX digits the path is the IDX
-        images file and ``indices`` holds each digit's position in it (None for a tree). targets: the labels.
-        image_size: (H, W) of every item. num_skipped / skipped: files left out by ``skip_bad``.
+    IDX digits are always in memory, in the order and with the pixels of the PNG tree ``scripts/prepare_mnist.py``
+    writes (by digit, then by position in the file), so a run can switch source and continue bit-identically.
+    Without ``cache`` or ``skip_bad`` only headers are read up front, and pixel data truncated after a valid
+    header raises :class:`BadImageError` from ``__getitem__``.
     """
 
     def __init__(
