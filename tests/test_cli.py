@@ -110,7 +110,7 @@ def test_resume_alone_means_the_run_checkpoint():
     (["--num-workers", "-1"], "num_workers: must be an int >= 0"),
     (["--max-minutes", "0"], "max_minutes: must be None or a positive number"),
     (["--grad-clip", "-1"], "grad_clip: must be None"),
-    (["--num-timesteps", "0"], "num_timesteps must be >= 1"),
+    (["--num-timesteps", "0"], "num_timesteps must be a positive int, got 0"),
 ])
 def test_impossible_values_are_a_usage_error_before_any_work(flags, message, capsys, tmp_path):
     """Rejected by the parser's type or by the config dataclasses (validated once, there), exit 2."""
