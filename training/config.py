@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.argtypes import MAX_INT, MAX_SEED, MAX_WORKERS
+from common.device import DEVICES
 from dataset.paths import DEFAULT_DATA_PATH
 from models.config_dict import DictConfig
 
-DEVICES = ("auto", "cpu", "cuda")
 MAX_NAME_BYTES = 200  # checkpoint names: the temporary file of an atomic write adds a suffix within 255 bytes
 # Written beside the checkpoint:
 RUN_FILES = frozenset({"config.json", "metrics.csv", "loss.png", "viz", "samples", "tb"})
