@@ -33,7 +33,7 @@ from common.run_lock import RunLock
 from training import cli, trainer
 from training.batching import epoch_index_batches, epoch_permutation, steps_per_epoch
 from training.config import TrainConfig
-from training.monitor import MetricsLog, _frame_order, frame_path, read_metrics
+from training.monitor import MetricsLog, frame_path, read_metrics
 from training.state import EMA, ema_decay_at
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,11 +155,12 @@ def test_data_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
 
 
 def test_frames_sort_in_training_order():
-    names = [frame_path(Path("v"), 2, 9), frame_path(Path("v"), 1, None), frame_path(Path("v"), 1, 6),
-             frame_path(Path("v"), 1, 3)]
-    assert [p.name for p in sorted(names, key=_frame_order)] == [
+    names = [frame_path(Path("v"), 2, 10), frame_path(Path("v"), 1, 6, end_of_epoch=True),
+             frame_path(Path("v"), 1, 6), frame_path(Path("v"), 1, 3), frame_path(Path("v"), 2, 9)]
+    assert [p.name for p in sorted(names)] == [
         "denoise_progress_ep001_it0000003.png", "denoise_progress_ep001_it0000006.png",
-        "denoise_progress_ep001_end.png", "denoise_progress_ep002_it0000009.png"]
+        "denoise_progress_ep001_it0000006_end.png", "denoise_progress_ep002_it0000009.png",
+        "denoise_progress_ep002_it0000010.png"]
 
 
 def test_metrics_log_drops_rows_after_the_resumed_step(tmp_path):
@@ -203,8 +204,8 @@ def test_tiny_run_writes_every_artefact(tmp_path, data48, monkeypatch, caplog):
     assert scheduler.num_timesteps == 100 and not model.training
 
     viz = sorted(p.name for p in (run / "viz").iterdir())
-    assert viz == ["denoise_progress_ep001_end.png", "denoise_progress_ep001_it0000003.png",
-                   "denoise_progress_ep001_it0000006.png", "progress.gif"]
+    assert viz == ["denoise_progress_ep001_it0000003.png", "denoise_progress_ep001_it0000006.png",
+                   "denoise_progress_ep001_it0000006_end.png", "progress.gif"]
     frame = np.asarray(Image.open(run / "viz" / viz[0]))
     assert frame.shape == (16 + 3 * (56 + 2) + 2, 40 + 4 * (56 + 2) + 2)  # title + 3 rows × 4 images of 56 px
     assert iio.imread(run / "viz" / "progress.gif", index=None).shape[0] == 3

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from scheduler import LinearNoiseScheduler
 logger = logging.getLogger(__name__)
 
 FRAME_PREFIX = "denoise_progress_"
-_FRAME_RE = re.compile(r"^denoise_progress_ep(\d+)_(?:it(\d+)|end)\.png$")
 _SCALE = 2  # 28×28 digits are upscaled (nearest) so a frame is readable without zooming
 _PAD = 2
 _LABEL_W = 40
@@ -156,17 +154,10 @@ class TensorBoardLog:
 
 
 # ---------------------------------------------------------------------------------------------- progress frames
-def frame_path(viz_dir: Path, epoch: int, step: int | None) -> Path:
-    """``ep<epoch>_it<step>`` during an epoch, ``ep<epoch>_end`` (step None) at its end; zero-padded to sort."""
-    suffix = "end" if step is None else f"it{step:07d}"
-    return viz_dir / f"{FRAME_PREFIX}ep{epoch:03d}_{suffix}.png"
-
-
-def _frame_order(path: Path) -> tuple[int, int, int]:
-    match = _FRAME_RE.match(path.name)
-    assert match is not None
-    epoch, step = int(match.group(1)), match.group(2)
-    return (epoch, 1, 0) if step is None else (epoch, 0, int(step))  # an epoch's end frame comes last
+def frame_path(viz_dir: Path, epoch: int, step: int, end_of_epoch: bool = False) -> Path:
+    """``ep<epoch>_it<step>[_end]``, zero-padded so that file names sort in training order (an epoch's end frame
+    after the frame of the same step: "." < "_")."""
+    return viz_dir / f"{FRAME_PREFIX}ep{epoch:03d}_it{step:07d}{'_end' if end_of_epoch else ''}.png"
 
 
 def make_frame(rows: list[torch.Tensor], title: str) -> np.ndarray:
@@ -257,7 +248,7 @@ class ProgressVisualizer:
         frame = make_frame([self.x0, self.x_t, x0_pred], f"{label}  step {step}  t={self.t}")
         path = None
         if self.save:
-            path = frame_path(self.viz_dir, epoch, None if end_of_epoch else step)
+            path = frame_path(self.viz_dir, epoch, step, end_of_epoch)
             Image.fromarray(frame).save(path)
         if self.window is not None:
             self.window.show(frame, f"{label}, step {step}")
@@ -274,7 +265,7 @@ def assemble_gif(viz_dir: Path, max_frames: int = 200) -> Path | None:
     import imageio.v3 as iio
 
     out_path = viz_dir / "progress.gif"
-    paths = sorted((p for p in viz_dir.glob(f"{FRAME_PREFIX}*.png") if _FRAME_RE.match(p.name)), key=_frame_order)
+    paths = sorted(viz_dir.glob(f"{FRAME_PREFIX}ep*_it*.png"))
     if not paths:
         return None
     if len(paths) > max_frames:

@@ -22,7 +22,6 @@ import torch
 import torch.distributed as dist
 
 from common.device import resolve_device
-from training.config import PRECISIONS
 
 
 class PeerSetupError(RuntimeError):
@@ -147,9 +146,8 @@ class Performance:
 
 def resolve_performance(precision: str, compile: bool | None, channels_last: bool | None,
                         device: torch.device) -> Performance:
-    """Turn ``auto``/``None`` into the default for ``device``; raises ValueError for a choice the device lacks."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {PRECISIONS}, got {precision!r}")
+    """Turn ``auto``/``None`` into the default for ``device``; raises ValueError for a choice the device lacks.
+    ``precision`` is one of :data:`training.config.PRECISIONS` (TrainConfig checks it)."""
     cuda = device.type == "cuda"
     if precision == "auto":  # native bf16 only: emulated bf16 (pre-Ampere) is slower than fp32
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
@@ -161,9 +159,7 @@ def resolve_performance(precision: str, compile: bool | None, channels_last: boo
     elif compile and cuda and not _triton_usable(device):
         raise ValueError("--compile on CUDA needs Triton and a GPU of compute capability >= 7.0; "
                          "pass --no-compile")
-    if channels_last is None:
-        channels_last = True
-    return Performance(precision, bool(compile), bool(channels_last))
+    return Performance(precision, bool(compile), channels_last is not False)  # None: NHWC on CPU and CUDA
 
 
 def _triton_usable(device: torch.device) -> bool:
