@@ -166,6 +166,12 @@ def build_configs(args: argparse.Namespace) -> tuple[TrainConfig, UNetConfig, Di
     return train_config, model_config, diffusion_config
 
 
+def resume_path(args: argparse.Namespace, train_config: TrainConfig) -> Path | None:
+    if args.resume is None:
+        return None
+    return Path(args.resume) if args.resume else train_config.ckpt_path
+
+
 # ---------------------------------------------------------------------------------------------- entry point
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, results: list[TrainResult] | None = None) -> int:
     """Train as the flags say; returns an exit code. A run that trained appends its :class:`TrainResult` to
@@ -176,7 +182,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, results: list
         resolve_performance(train_config.precision, train_config.compile, train_config.channels_last, device)
     except ValueError as err:
         parser.error(str(err))  # exits with status 2 and the usage line
-    resume_from = None if args.resume is None else Path(args.resume) if args.resume else train_config.ckpt_path
+    resume_from = resume_path(args, train_config)
     if train_config.num_threads:
         torch.set_num_threads(train_config.num_threads)
     try:  # under torchrun: join the process group (one process per rank); otherwise a no-op
