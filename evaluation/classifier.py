@@ -61,9 +61,6 @@ class MNISTClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.fc_logits = nn.Linear(config.feature_dim, config.num_classes)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """φ(x): ``[B, 1, 28, 28]`` images in [0, 1] → ``[B, feature_dim]`` (pre-activation, so roughly Gaussian)."""
         size = self.config.image_size
@@ -138,9 +135,8 @@ def load_classifier(path: str | Path = DEFAULT_CLASSIFIER_PATH) -> tuple[MNISTCl
 
 
 @torch.inference_mode()
-def classify_uint8(
-    model: MNISTClassifier, images: torch.Tensor, batch_size: int = 1000
-) -> tuple[torch.Tensor, torch.Tensor]:
+def classify_uint8(model: MNISTClassifier, images: torch.Tensor,
+                   batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """φ(x) and p(y|x) for uint8 images ``[N, 28, 28]`` (or ``[N, 1, 28, 28]``), batched.
 
     Returns float64 CPU tensors ``(features [N, feature_dim], probs [N, num_classes])``.

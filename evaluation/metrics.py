@@ -156,16 +156,14 @@ def precision_recall(real_features: np.ndarray | torch.Tensor, fake_features: np
     recall = fraction of real points inside some fake point's k-NN ball. Both sets need more than k points.
     Distances are computed in blocks of at most ``max_block`` entries, never as one N × N matrix.
     """
-    real, fake = _as_features(real_features), _as_features(fake_features)
-    precision = fraction_in_manifold(fake, real, knn_radii(real, k, max_block), max_block)
-    recall = fraction_in_manifold(real, fake, knn_radii(fake, k, max_block), max_block)
+    precision = fraction_in_manifold(fake_features, real_features, knn_radii(real_features, k, max_block), max_block)
+    recall = fraction_in_manifold(real_features, fake_features, knn_radii(fake_features, k, max_block), max_block)
     return precision, recall
 
 
 # ---------------------------------------------------------------------------------------- memorisation
-def nearest_neighbour_l2(
-    queries: np.ndarray, references: np.ndarray, chunk_size: int = 512
-) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbour_l2(queries: np.ndarray, references: np.ndarray,
+                         chunk_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """For each uint8 query image, the L2 distance (pixels in [0, 1]) to its nearest reference and that index.
 
     The argmin comes from ‖a‖² + ‖b‖² − 2a·b with chunked float32 matmuls (fast); the returned distance is then
@@ -252,15 +250,9 @@ def pr_reference_indices(num_test: int, n: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 2]).choice(num_test, size=min(n, num_test), replace=False)
 
 
-def compute_metrics(
-    samples: np.ndarray,
-    classifier: MNISTClassifier,
-    train_images: np.ndarray,
-    test_images: np.ndarray,
-    config: MetricsConfig | None = None,
-    requested_labels: np.ndarray | None = None,
-    train_labels: np.ndarray | None = None,
-) -> dict:
+def compute_metrics(samples: np.ndarray, classifier: MNISTClassifier, train_images: np.ndarray, test_images: np.ndarray,
+                    config: MetricsConfig | None = None, requested_labels: np.ndarray | None = None,
+                    train_labels: np.ndarray | None = None) -> dict:
     """All metrics for uint8 ``samples [N, 28, 28]`` against MNIST (uint8 train and test images).
 
     ``requested_labels [N]``: the classes a conditional model was asked for; adds ``label_accuracy`` and draws the

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
     )
-    logger.info("config %s, %s parameters, %s", config, f"{model.num_parameters():,}", vars(args))
+    logger.info("config %s, %s parameters, %s", config, f"{sum(p.numel() for p in model.parameters()):,}", vars(args))
 
     # ------------------------------------------------------------------ training
     start = time.perf_counter()
