@@ -221,7 +221,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     run_info = {
         "checkpoint": str(ckpt_path), "checkpoint_step": ckpt.get("step"),
         "weights": weights,
-        "sampler": {**config.to_dict(), "label": label, "num_function_evals": result.num_function_evals},
+        "sampler": {**dataclasses.asdict(config), "label": label, "num_function_evals": result.num_function_evals},
         "num_samples": args.num_samples, "seed": args.seed, "batch_size": args.batch_size, "device": str(device),
         "conditional": conditional, "guidance_scale": guidance,
         "labels": requested.tolist() if requested is not None else None,

@@ -2,7 +2,6 @@
 
 from sampling.guidance import (
     DEFAULT_GUIDANCE_SCALE,
-    class_conditional_eps_fns,
     guided_eps_fn,
     labels_in_rows,
     sample_model,
@@ -38,7 +37,6 @@ __all__ = [
     "NonFiniteSamplesError",
     "SamplerConfig",
     "Trajectory",
-    "class_conditional_eps_fns",
     "guided_eps_fn",
     "labels_in_rows",
     "load_samples_npz",

@@ -11,7 +11,7 @@ fidelity. (The paper writes the same mixture as (1 + w′)ε_c − w′ε_∅ wi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,15 +47,6 @@ def guided_eps_fn(model: nn.Module, labels: torch.Tensor, guidance_scale: float)
     return eps
 
 
-def class_conditional_eps_fns(model: nn.Module, labels: torch.Tensor,
-                              guidance_scale: float) -> Callable[[int, int], EpsFn]:
-    """``batch_eps_fn(start, stop)`` for :func:`sampling.sample_images`: samples ``start:stop`` get
-    ``labels[start:stop]`` (on the model's device)."""
-    device = next(model.parameters()).device
-    labels = labels.to(device)
-    return lambda start, stop: guided_eps_fn(model, labels[start:stop], guidance_scale)
-
-
 def labels_in_rows(classes: Sequence[int], num_samples: int) -> torch.Tensor:
     """Assign ``classes`` to ``num_samples`` samples in equal consecutive blocks (class i fills the i-th
     ``num_samples / len(classes)`` samples), so a grid with ``len(classes)`` rows shows one class per row."""
@@ -74,6 +65,7 @@ def sample_model(model: nn.Module, scheduler, num_samples: int, config: SamplerC
     size = c.image_size or 28  # checkpoints from before the size was recorded are MNIST
     eps_fn, batch_eps_fn = model_eps_fn(model), None
     if c.conditional:
-        eps_fn, batch_eps_fn = None, class_conditional_eps_fns(model, labels, guidance_scale)
+        labels = labels.to(next(model.parameters()).device)
+        eps_fn, batch_eps_fn = None, lambda start, stop: guided_eps_fn(model, labels[start:stop], guidance_scale)
     return sample_images(eps_fn, scheduler, num_samples, config, image_shape=(c.im_channels, size, size),
                          batch_eps_fn=batch_eps_fn, **kwargs)

@@ -30,9 +30,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return u[..., 0] if u.shape[-1] == 1 else u
 
 
-def make_grid(
-    images: np.ndarray, num_rows: int, padding: int = 2, pad_value: float = 0, border: bool = True
-) -> np.ndarray:
+def make_grid(images: np.ndarray, num_rows: int, padding: int = 2, pad_value: float = 0,
+              border: bool = True) -> np.ndarray:
     """Tile ``[N, H, W]`` (or RGB ``[N, H, W, C]``) images into ``num_rows`` rows of ⌈N / num_rows⌉ columns
     (row-major), keeping their dtype: uint8 for image files, float with ``pad_value=np.nan`` for a figure's
     ``imshow``. Empty cells and the ``padding`` pixels between tiles (and around them, if ``border``) are
@@ -64,9 +63,7 @@ def save_grid_png(images: torch.Tensor | np.ndarray, path: str | Path, num_rows:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(grid)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
     return path
 
 
@@ -96,9 +93,8 @@ def load_samples_npz(path: str | Path) -> tuple[np.ndarray, dict]:
     return images, metadata
 
 
-def save_trajectory_gif(
-    trajectory: Trajectory, path: str | Path, num_rows: int, frame_ms: int = 80, final_ms: int = 1500, scale: int = 2
-) -> Path:
+def save_trajectory_gif(trajectory: Trajectory, path: str | Path, num_rows: int, frame_ms: int = 80,
+                        final_ms: int = 1500, scale: int = 2) -> Path:
     """Animate the reverse chain: per frame the grid of x_t (left) beside that of x̂0 (right); the last frame is
     held ``final_ms``."""
     frames = []
@@ -107,9 +103,7 @@ def save_trajectory_gif(
         right = make_grid(to_uint8(trajectory.x0_pred[k]), num_rows)
         gap = np.full((left.shape[0], 8), 255, dtype=np.uint8)
         img = Image.fromarray(np.concatenate([left, gap, right], axis=1))
-        if scale > 1:
-            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-        frames.append(img)
+        frames.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
     if not frames:
         raise ValueError("the trajectory has no frames")
     path = Path(path)

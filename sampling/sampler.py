@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -77,9 +77,6 @@ class SamplerConfig:
             raise ValueError("eta only applies to DDIM; DPM-Solver++(2M) is a deterministic ODE solver")
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown timestep spacing {self.spacing!r}; choose one of {SPACINGS}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def describe(self, num_timesteps: int) -> str:
         """A short label: ``ddpm-1000`` (full), ``ddpm-250`` (respaced), ``ddim-50-eta0``, ``dpm-solver++-20``."""
@@ -152,16 +149,9 @@ def _frame_positions(num_steps: int, num_frames: int) -> set[int]:
 
 
 @torch.inference_mode()
-def run_chain(
-    eps_fn: EpsFn,
-    x_T: torch.Tensor,
-    timesteps: torch.Tensor,
-    step: StepFn,
-    generator: torch.Generator | None = None,
-    trajectory_frames: int = 0,
-    trajectory_images: int = 16,
-    progress: tqdm | None = None,
-) -> tuple[torch.Tensor, Trajectory | None]:
+def run_chain(eps_fn: EpsFn, x_T: torch.Tensor, timesteps: torch.Tensor, step: StepFn,
+              generator: torch.Generator | None = None, trajectory_frames: int = 0, trajectory_images: int = 16,
+              progress: tqdm | None = None) -> tuple[torch.Tensor, Trajectory | None]:
     """Run the reverse chain from ``x_T`` over ``timesteps`` (descending); return ``(x0 in [−1, 1], trajectory)``.
     ``progress`` is a bar to advance by one per step."""
     capture = _frame_positions(len(timesteps), trajectory_frames)
@@ -201,26 +191,16 @@ class NonFiniteSamplesError(ValueError):
     """The reverse chain produced NaN or inf; saving the images would write black squares without a word."""
 
 
-def sample_images(
-    eps_fn: EpsFn | None,
-    scheduler: NoiseScheduler,
-    num_samples: int,
-    config: SamplerConfig | None = None,
-    *,
-    image_shape: tuple[int, int, int] = (1, 28, 28),
-    batch_size: int = 100,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    trajectory_frames: int = 0,
-    trajectory_images: int = 16,
-    progress: bool = True,
-    batch_eps_fn: Callable[[int, int], EpsFn] | None = None,
-) -> SampleResult:
+def sample_images(eps_fn: EpsFn | None, scheduler: NoiseScheduler, num_samples: int,
+                  config: SamplerConfig | None = None, *, image_shape: tuple[int, int, int] = (1, 28, 28),
+                  batch_size: int = 100, generator: torch.Generator | None = None,
+                  device: torch.device | str | None = None, trajectory_frames: int = 0, trajectory_images: int = 16,
+                  progress: bool = True, batch_eps_fn: Callable[[int, int], EpsFn] | None = None) -> SampleResult:
     """Draw ``num_samples`` images ``[num_samples, *image_shape]`` in [−1, 1] in batches of ``batch_size``, on the
     scheduler's device (``device`` must match it).
 
     Pass either ``eps_fn`` or ``batch_eps_fn(start, stop)``, the noise predictor for samples ``start:stop``
-    (per-sample conditioning: :func:`sampling.class_conditional_eps_fns`). ``trajectory_frames > 0`` snapshots
+    (per-sample conditioning: :func:`sampling.sample_model`). ``trajectory_frames > 0`` snapshots
     x_t and x̂0 at that many evenly spaced steps, for the first ``trajectory_images`` images of the first batch.
     """
     config = config if config is not None else SamplerConfig()
@@ -246,12 +226,9 @@ def sample_images(
             start = b * batch_size
             stop = min(start + batch_size, num_samples)
             x_T = draw_noise((stop - start, *image_shape), generator, device)
-            x0, traj = run_chain(
-                eps_fn if eps_fn is not None else batch_eps_fn(start, stop), x_T, timesteps, step, generator,
-                trajectory_frames=trajectory_frames if b == 0 else 0,
-                trajectory_images=trajectory_images,
-                progress=bar,
-            )
+            x0, traj = run_chain(eps_fn if eps_fn is not None else batch_eps_fn(start, stop), x_T, timesteps, step,
+                                 generator, trajectory_frames=trajectory_frames if b == 0 else 0,
+                                 trajectory_images=trajectory_images, progress=bar)
             images.append(x0.float().cpu())
             trajectory = traj if b == 0 else trajectory
     # Outside inference mode, clones are ordinary tensors (in-place edits and autograd work on them).

@@ -15,7 +15,6 @@ from evaluation.metrics import label_accuracy
 from models import UNet
 from sampling import (
     SamplerConfig,
-    class_conditional_eps_fns,
     guided_eps_fn,
     labels_in_rows,
     model_eps_fn,
@@ -67,8 +66,8 @@ def test_per_batch_labels_reach_the_sampler(cond_model):
     sched = LinearNoiseScheduler(T)
     labels = torch.tensor([3, 3, 8, 8])
     config = SamplerConfig("ddim", num_steps=5)
-    all_at_once = sample_images(None, sched, 4, config, batch_size=2, generator=torch.Generator().manual_seed(0),
-                                batch_eps_fn=class_conditional_eps_fns(cond_model, labels, 2.0), progress=False)
+    all_at_once = sample_model(cond_model, sched, 4, config, labels, 2.0, batch_size=2,
+                               generator=torch.Generator().manual_seed(0), progress=False)
     generator = torch.Generator().manual_seed(0)
     first = sample_images(guided_eps_fn(cond_model, labels[:2], 2.0), sched, 2, config, batch_size=2,
                           generator=generator, progress=False)
