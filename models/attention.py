@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, return_weights: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+              return_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """softmax(QKᵀ/√d [+ causal mask: query i sees keys j ≤ i]) · V for q ``(B, h, Nq, d)``, k, v ``(B, h, Nk, d)``.
 
     Returns ``(out (B, h, Nq, d), weights (B, h, Nq, Nk) if return_weights else None)``.

@@ -28,8 +28,6 @@ class TimeEmbedding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        if dim % 2 != 0 or dim < 2:
-            raise ValueError(f"time_emb_dim must be a positive even number, got {dim}")
         self.dim = dim
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 

@@ -155,9 +155,8 @@ class UNet(nn.Module):
                             config.attn[i], heads, groups, ctx)
             for i in reversed(range(levels))
         )
-        self.label_embedding = (
-            LabelEmbedding(config.num_classes, ctx, config.label_tokens) if config.conditional else None
-        )
+        self.label_embedding = (LabelEmbedding(config.num_classes, ctx, config.label_tokens)
+                                if config.conditional else None)
         self.norm_out = nn.GroupNorm(groups, ch[0])
         self.conv_out = nn.Conv2d(ch[0], config.im_channels, 3, padding=1)
         if config.zero_init:
