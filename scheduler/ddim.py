@@ -62,14 +62,8 @@ class DDIMScheduler(FewStepSampler):
 
     _tables = ("sqrt_alphas_cumprod_prev", "sigmas", "dir_coef", "in_subsequence")
 
-    def __init__(
-        self,
-        scheduler: NoiseScheduler,
-        num_steps: int = 50,
-        eta: float = 0.0,
-        spacing: str = "trailing",
-        clip_x0: bool = True,
-    ) -> None:
+    def __init__(self, scheduler: NoiseScheduler, num_steps: int = 50, eta: float = 0.0, spacing: str = "trailing",
+                 clip_x0: bool = True) -> None:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= float(eta) <= 1.0:
             raise ValueError(f"eta (η) must be a number in [0, 1] (0: deterministic DDIM, 1: DDPM-like), got {eta!r}")
         self.base = scheduler
@@ -87,9 +81,8 @@ class DDIMScheduler(FewStepSampler):
         f64 = torch.float64
         alphas_cumprod = scheduler.alphas_cumprod_float64()  # ᾱ_t
         a_t = alphas_cumprod[self.timesteps]  # ᾱ_τ
-        a_prev = torch.where(
-            self.prev_timesteps >= 0, alphas_cumprod[self.prev_timesteps.clamp(min=0)], torch.ones((), dtype=f64)
-        )  # ᾱ_prev, := 1 after the last step
+        a_prev = torch.where(self.prev_timesteps >= 0, alphas_cumprod[self.prev_timesteps.clamp(min=0)],
+                             torch.ones((), dtype=f64))  # ᾱ_prev, := 1 after the last step
         sigma = self.eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).sqrt()  # σ_τ(η), Eq. 16
         dir_coef = (1.0 - a_prev - sigma**2).clamp(min=0.0).sqrt()  # √(1 − ᾱ_prev − σ²), Eq. 12
 
@@ -105,10 +98,8 @@ class DDIMScheduler(FewStepSampler):
         self.in_subsequence[self.timesteps] = True
 
     def __repr__(self) -> str:
-        return (
-            f"DDIMScheduler(num_steps={self.num_steps}, eta={self.eta}, spacing={self.spacing!r}, "
-            f"clip_x0={self.clip_x0}, T={self.num_timesteps})"
-        )
+        return (f"DDIMScheduler(num_steps={self.num_steps}, eta={self.eta}, spacing={self.spacing!r}, "
+                f"clip_x0={self.clip_x0}, T={self.num_timesteps})")
 
     def step(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int,
              generator: torch.Generator | None = None, noise: torch.Tensor | None = None
@@ -129,9 +120,8 @@ class DDIMScheduler(FewStepSampler):
         eps = noise_pred
         if self.clip_x0:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
-            eps = (x_t - extract(base.sqrt_alphas_cumprod, t, x_t) * x0_pred) / extract(
-                base.sqrt_one_minus_alphas_cumprod, t, x_t
-            )
+            eps = ((x_t - extract(base.sqrt_alphas_cumprod, t, x_t) * x0_pred)
+                   / extract(base.sqrt_one_minus_alphas_cumprod, t, x_t))
         # 2. Eq. 12: "predicted x0" + "direction pointing to x_t".
         x_prev = extract(self.sqrt_alphas_cumprod_prev, t, x_t) * x0_pred + extract(self.dir_coef, t, x_t) * eps
         # 3. "random noise" σ_τ z, only for η > 0 (η = 0 draws nothing, so it leaves the generator untouched).

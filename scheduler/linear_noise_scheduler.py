@@ -63,9 +63,8 @@ class NoiseScheduler:
     which keeps early, noisy predictions inside the data range (improved-diffusion's default).
     """
 
-    def __init__(
-        self, betas: torch.Tensor, device: str | torch.device = "cpu", mean_from_clipped_x0: bool = False
-    ) -> None:
+    def __init__(self, betas: torch.Tensor, device: str | torch.device = "cpu",
+                 mean_from_clipped_x0: bool = False) -> None:
         f64 = torch.float64
         betas = torch.as_tensor(betas).detach().to(device="cpu", dtype=f64)  # β_t
         if betas.dim() != 1 or len(betas) < 1 or not bool(((betas > 0) & (betas <= 1)).all()):
@@ -117,9 +116,8 @@ class NoiseScheduler:
         return f"NoiseScheduler(num_timesteps={self.num_timesteps}, device={self.device})"
 
     # ------------------------------------------------------------------ forward process q
-    def sample_timesteps(
-        self, batch_size: int, generator: torch.Generator | None = None, device: str | torch.device = None
-    ) -> torch.Tensor:
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator | None = None,
+                         device: str | torch.device = None) -> torch.Tensor:
         """t ~ Uniform{0, …, T−1}, shape ``[batch_size]`` (Algorithm 1, line 3)."""
         device = self.device if device is None else device
         gen_device = generator.device if generator is not None else device
@@ -130,17 +128,15 @@ class NoiseScheduler:
         """x_t = √ᾱ_t · x0 + √(1−ᾱ_t) · ε  (Eq. 4, reparameterised), for ``x0, noise [B, ...]``."""
         check_same_shape(noise, "noise", x0, "x0")
         t = as_timestep_tensor(t, x0.shape[0], self.num_timesteps, x0.device)
-        return extract(self.sqrt_alphas_cumprod, t, x0) * x0 + extract(
-            self.sqrt_one_minus_alphas_cumprod, t, x0
-        ) * noise
+        return (extract(self.sqrt_alphas_cumprod, t, x0) * x0
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
     # ------------------------------------------------------------------ reverse process p
     def predict_x0(self, x_t: torch.Tensor, noise_pred: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """x̂0 = (x_t − √(1−ᾱ_t) · ε_θ) / √ᾱ_t — Eq. 4 solved for x0 (not clamped)."""
         t = as_timestep_tensor(t, x_t.shape[0], self.num_timesteps, x_t.device)
-        return extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t
-        ) * noise_pred
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * noise_pred)
 
     def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """μ̃_t(x_t, x0) of q(x_{t−1} | x_t, x0), Eq. 7."""
@@ -179,14 +175,8 @@ class NoiseScheduler:
 class LinearNoiseScheduler(NoiseScheduler):
     """DDPM with β_t linear in t from β_1 = ``beta_start`` to β_T = ``beta_end``: the training schedule."""
 
-    def __init__(
-        self,
-        num_timesteps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        device: str | torch.device = "cpu",
-        mean_from_clipped_x0: bool = False,
-    ) -> None:
+    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 device: str | torch.device = "cpu", mean_from_clipped_x0: bool = False) -> None:
         self.config = DiffusionConfig(num_timesteps, beta_start, beta_end)
         self.beta_start = beta_start
         self.beta_end = beta_end
@@ -194,13 +184,9 @@ class LinearNoiseScheduler(NoiseScheduler):
         super().__init__(betas, device, mean_from_clipped_x0)
 
     @classmethod
-    def from_config(cls, config: DiffusionConfig | dict, **kwargs) -> LinearNoiseScheduler:
-        if isinstance(config, dict):
-            config = DiffusionConfig(**config)
+    def from_config(cls, config: DiffusionConfig, **kwargs) -> LinearNoiseScheduler:
         return cls(config.num_timesteps, config.beta_start, config.beta_end, **kwargs)
 
     def __repr__(self) -> str:
-        return (
-            f"LinearNoiseScheduler(num_timesteps={self.num_timesteps}, beta_start={self.beta_start}, "
-            f"beta_end={self.beta_end}, device={self.device})"
-        )
+        return (f"LinearNoiseScheduler(num_timesteps={self.num_timesteps}, beta_start={self.beta_start}, "
+                f"beta_end={self.beta_end}, device={self.device})")

@@ -47,11 +47,8 @@ class RespacedDDPMScheduler(FewStepSampler):
         self.num_steps = num_steps
         self.spacing = spacing
         self.timesteps = ddim_timesteps(T, num_steps, spacing)  # τ_S, …, τ_1 (descending)
-        self.respaced = NoiseScheduler(
-            respaced_betas(scheduler.alphas_cumprod_float64(), self.timesteps),
-            device=scheduler.device,
-            mean_from_clipped_x0=scheduler.mean_from_clipped_x0,
-        )
+        self.respaced = NoiseScheduler(respaced_betas(scheduler.alphas_cumprod_float64(), self.timesteps),
+                                       scheduler.device, scheduler.mean_from_clipped_x0)
         index = torch.full((T,), -1, dtype=torch.long)
         index[self.timesteps.flip(0)] = torch.arange(num_steps)  # τ_{i+1} → i
         self._index_of = index.to(scheduler.device)

@@ -183,7 +183,7 @@ def test_invalid_timesteps_and_shapes_raise(sched):
 
 
 def test_config_round_trip():
-    s = LinearNoiseScheduler.from_config({"num_timesteps": 50, "beta_start": 1e-3, "beta_end": 0.05})
+    s = LinearNoiseScheduler.from_config(DiffusionConfig(50, 1e-3, 0.05))
     assert s.config == DiffusionConfig(50, 1e-3, 0.05)
     assert DiffusionConfig(**s.config.to_dict()) == s.config
 
@@ -345,7 +345,7 @@ def test_linear_scheduler_defaults_and_config():
     # β is linear in float64 (a float32 linspace would differ in the last bits of ᾱ).
     b = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     assert torch.equal(s.alphas_cumprod_float64(), torch.cumprod(1 - b, 0))
-    assert LinearNoiseScheduler.from_config({"num_timesteps": 10}, mean_from_clipped_x0=True).mean_from_clipped_x0
+    assert LinearNoiseScheduler.from_config(DiffusionConfig(10), mean_from_clipped_x0=True).mean_from_clipped_x0
 
 
 def test_built_on_a_device_every_table_lives_there():
