@@ -36,7 +36,6 @@ from sampling import (
     DEFAULT_SAMPLER,
     DEFAULT_SAMPLER_STEPS,
     SamplerConfig,
-    model_eps_fn,
     sample_images,
     save_grid_png,
     to_uint8,
@@ -93,7 +92,7 @@ def train_for(model: torch.nn.Module, minutes: float, seed: int, steps: int | No
 def evaluate(model: torch.nn.Module, num_samples: int, seed: int, grid_path: Path, sampler: SamplerConfig) -> dict:
     scheduler = LinearNoiseScheduler()
     start = time.perf_counter()
-    result = sample_images(model_eps_fn(model), scheduler, num_samples, sampler,
+    result = sample_images(model, scheduler, num_samples, sampler,
                            batch_size=250, generator=torch.Generator().manual_seed(seed), progress=False)
     seconds = time.perf_counter() - start
     images = to_uint8(result.images)

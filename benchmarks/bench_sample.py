@@ -20,14 +20,14 @@ import time
 import torch
 from harness import build_model, num_parameters, print_table
 
-from sampling import SamplerConfig, model_eps_fn, sample_images
+from sampling import SamplerConfig, sample_images
 from scheduler import LinearNoiseScheduler
 
 
 def ours(model, sampler: str, steps: int, n: int, device, batch_size: int = 0) -> float:
     scheduler = LinearNoiseScheduler(device=device)
     config = SamplerConfig("ddim", steps) if sampler == "ddim" else SamplerConfig("ddpm")
-    eps_fn = model_eps_fn(model)
+    eps_fn = model
     sample_images(eps_fn, scheduler, 2, SamplerConfig("ddim", 2), batch_size=2, progress=False,
                   generator=torch.Generator().manual_seed(1))  # warm-up
     start = time.perf_counter()

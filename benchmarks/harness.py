@@ -20,7 +20,7 @@ import torch
 
 from dataset import load_mnist_idx
 from models import UNet
-from sampling import SamplerConfig, load_samples_npz, model_eps_fn, sample_images, save_samples_npz, to_uint8
+from sampling import SamplerConfig, load_samples_npz, sample_images, save_samples_npz, to_uint8
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ def draw_or_reuse(model: torch.nn.Module, scheduler, config: SamplerConfig, n: i
             logger.info("%s: reusing %d samples from %s", label, len(images), path)
             return images, meta
     start = time.perf_counter()
-    result = sample_images(model_eps_fn(model), scheduler, n, config, image_shape=(model.config.im_channels, 28, 28),
+    result = sample_images(model, scheduler, n, config, image_shape=(model.config.im_channels, 28, 28),
                            batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
                            device=scheduler.device)
     seconds = time.perf_counter() - start

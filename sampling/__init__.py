@@ -23,7 +23,6 @@ from sampling.sampler import (
     SamplerConfig,
     Trajectory,
     make_stepper,
-    model_eps_fn,
     run_chain,
     sample_images,
 )
@@ -42,7 +41,6 @@ __all__ = [
     "load_samples_npz",
     "make_grid",
     "make_stepper",
-    "model_eps_fn",
     "run_chain",
     "sample_images",
     "sample_model",

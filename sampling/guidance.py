@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sampling.sampler import EpsFn, SamplerConfig, SampleResult, model_eps_fn, sample_images
+from sampling.sampler import EpsFn, SamplerConfig, SampleResult, sample_images
 
 # The shipped conditional checkpoint's balance of label accuracy and FID (bench_guidance.py; README).
 DEFAULT_GUIDANCE_SCALE = 1.15
@@ -63,7 +63,7 @@ def sample_model(model: nn.Module, scheduler, num_samples: int, config: SamplerC
     with class ``labels [num_samples]`` under guidance scale w. ``kwargs`` go to :func:`sampling.sample_images`."""
     c = model.config
     size = c.image_size or 28  # checkpoints from before the size was recorded are MNIST
-    eps_fn, batch_eps_fn = model_eps_fn(model), None
+    eps_fn, batch_eps_fn = model, None
     if c.conditional:
         labels = labels.to(next(model.parameters()).device)
         eps_fn, batch_eps_fn = None, lambda start, stop: guided_eps_fn(model, labels[start:stop], guidance_scale)

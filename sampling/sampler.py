@@ -2,7 +2,7 @@
 DPM-Solver++(2M).
 
 The noise predictor is any ``eps_fn(x_t [B, C, H, W], t LongTensor [B]) -> ε̂ [B, C, H, W]``: the plain model
-(:func:`model_eps_fn`) or a guided mixture of model calls (:mod:`sampling.guidance`). Every sampler runs
+itself or a guided mixture of model calls (:mod:`sampling.guidance`). Every sampler runs
 :func:`run_chain`: x_T ~ N(0, I), then per timestep ``(x_prev, x0_pred) = step(x_t, ε̂, t, generator)`` with
 ``t`` an original timestep, so the model sees the timesteps it was trained on.
 
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from common.progress import progress_bar
@@ -118,11 +117,6 @@ class SampleResult:
     num_function_evals: int  # ε_θ calls per image
 
 
-def model_eps_fn(model: nn.Module) -> EpsFn:
-    """The unguided noise predictor of an unconditional UNet."""
-    return lambda x_t, t: model(x_t, t)
-
-
 def make_stepper(scheduler: NoiseScheduler, config: SamplerConfig) -> tuple[torch.Tensor, StepFn]:
     """The descending timesteps a sampler visits, and its step function ``(x_t, ε̂, t, generator) → (x_prev, x̂0)``."""
     T = scheduler.num_timesteps
@@ -140,12 +134,9 @@ def make_stepper(scheduler: NoiseScheduler, config: SamplerConfig) -> tuple[torc
 
 
 def _frame_positions(num_steps: int, num_frames: int) -> set[int]:
-    """Indices (into the chain's steps) of ``num_frames`` snapshots spread evenly from the first step to the last."""
-    if num_frames <= 0:
-        return set()
-    if num_frames == 1:
-        return {0}
-    return {round(i * (num_steps - 1) / (num_frames - 1)) for i in range(num_frames)}
+    """Indices (into the chain's steps) of ``num_frames`` snapshots spread evenly from the first step to the last
+    (one frame: the first step; none for ``num_frames <= 0``)."""
+    return {round(i * (num_steps - 1) / max(num_frames - 1, 1)) for i in range(num_frames)}
 
 
 @torch.inference_mode()

@@ -17,7 +17,6 @@ from sampling import (
     SamplerConfig,
     guided_eps_fn,
     labels_in_rows,
-    model_eps_fn,
     sample_images,
     sample_model,
 )
@@ -86,7 +85,7 @@ def test_sample_model_draws_the_models_size_with_its_labels_and_guidance(cond_mo
     model, labels = (cond_model, torch.tensor([1, 1, 6])) if conditional else (plain, None)
     drawn = sample_model(model, sched, 3, config, labels, 3.0, generator=torch.Generator().manual_seed(5),
                          progress=False)
-    eps_fn = guided_eps_fn(model, labels, 3.0) if conditional else model_eps_fn(model)
+    eps_fn = guided_eps_fn(model, labels, 3.0) if conditional else model
     size = 28 if conditional else 20
     expected = sample_images(eps_fn, sched, 3, config, image_shape=(1, size, size),
                              generator=torch.Generator().manual_seed(5), progress=False)

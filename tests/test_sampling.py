@@ -21,7 +21,6 @@ from sampling import (
     load_samples_npz,
     make_grid,
     make_stepper,
-    model_eps_fn,
     sample_images,
     save_grid_png,
     save_samples_npz,
@@ -146,7 +145,7 @@ def test_seed_repeats_exactly_and_other_seeds_differ(scheduler):
     config = SamplerConfig("ddim", 5, eta=0.5)
 
     def draw(seed):
-        return sample_images(model_eps_fn(model), scheduler, 5, config, image_shape=(1, 8, 8), batch_size=2,
+        return sample_images(model, scheduler, 5, config, image_shape=(1, 8, 8), batch_size=2,
                              generator=torch.Generator().manual_seed(seed), progress=False).images
 
     a, b, c = draw(3), draw(3), draw(4)
