@@ -72,9 +72,8 @@ class MultiHeadCrossAttention(nn.Module):
         """Returns ``out`` or, with ``return_weights``, ``(out, weights (B, h, N, M))``."""
         B, N, C = x.shape
         if context.dim() != 3 or context.shape[0] != B or context.shape[-1] != self.context_dim:
-            raise ValueError(
-                f"context must have shape [B={B}, M, context_dim={self.context_dim}], got {tuple(context.shape)}"
-            )
+            raise ValueError(f"context must have shape [B={B}, M, context_dim={self.context_dim}], "
+                             f"got {tuple(context.shape)}")
         M, h = context.shape[1], self.num_heads
         q = self.q(x).view(B, N, h, C // h).transpose(1, 2)  # (B, h, N, d)
         k, v = self.kv(context).view(B, M, 2, h, C // h).permute(2, 0, 3, 1, 4)  # each (B, h, M, d)

@@ -86,10 +86,8 @@ class DownSamplingBlock(_Stage):
 
     def forward(self, x: torch.Tensor, t_emb: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if self.downsample is not None and (x.shape[-2] % 2 or x.shape[-1] % 2):
-            raise ValueError(
-                f"cannot halve a {x.shape[-2]}×{x.shape[-1]} feature map exactly; use an input size divisible "
-                "by 2^(number of down-sampling levels) or set down_sample=False for this level"
-            )
+            raise ValueError(f"cannot halve a {x.shape[-2]}×{x.shape[-1]} feature map exactly; use an input size "
+                             "divisible by 2^(number of down-sampling levels) or set down_sample=False for this level")
         x = self.run(x, t_emb, context)  # (B, out, H, W)
         return self.downsample(x) if self.downsample is not None else x  # (B, out, H/2, W/2)
 

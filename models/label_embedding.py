@@ -30,10 +30,8 @@ class LabelEmbedding(nn.Module):
         if labels.dim() != 1:
             raise ValueError(f"labels must have shape [B], got {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-            raise ValueError(
-                f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes} for the null label), "
-                f"got min {int(labels.min())}, max {int(labels.max())}"
-            )
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}] (or {self.num_classes} for the null "
+                             f"label), got min {int(labels.min())}, max {int(labels.max())}")
         return self.table(labels).view(labels.shape[0], self.num_tokens, self.context_dim)
 
     def drop_labels(self, labels: torch.Tensor, p_drop: float, generator: torch.Generator | None = None,

@@ -35,10 +35,8 @@ def extract(coeffs: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Ten
     ``x`` is bf16/fp16 (the product promotes).
     """
     if coeffs.device != x.device:
-        raise ValueError(
-            f"the schedule lives on {coeffs.device} but the images are on {x.device}; "
-            "move the scheduler with scheduler.to(device)"
-        )
+        raise ValueError(f"the schedule lives on {coeffs.device} but the images are on {x.device}; "
+                         "move the scheduler with scheduler.to(device)")
     return coeffs[t].view(t.shape[0], *([1] * (x.dim() - 1)))
 
 
