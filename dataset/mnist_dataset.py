@@ -7,6 +7,7 @@ repository did. :func:`load_training_set` picks between the two for training's `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from common.progress import progress_bar
 from dataset.errors import BadImageError
@@ -82,8 +82,7 @@ class MNISTDataset(Dataset):
         self.skip_bad: bool = skip_bad
         self._resize_to = _parse_image_size(image_size)
         self.image_size: tuple[int, int] | None = self._resize_to
-        self._first_path: Path | None = None  # the image that fixed image_size when it was None
-        self._size_by_majority = False  # skip_bad: image_size is the most common size (see _fix_size_by_majority)
+        self._size_source = ""  # what fixed image_size when it was None, for the size-mismatch message
         self._images: torch.Tensor | None = None  # uint8 (N, C, H, W) when cached
         self.indices: np.ndarray | None = None  # IDX digits: position of each sample in the IDX file
         self.skipped: list[tuple[Path, str]] = []
@@ -98,23 +97,13 @@ class MNISTDataset(Dataset):
         self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
         if skip_bad and self._resize_to is None:
             self._fix_size_by_majority()
-        if cache:
-            self._build_cache()
-        else:
-            self._check_all(full_decode=skip_bad)
+        self._check_all(decode=skip_bad, cache=cache)
 
     @classmethod
-    def from_folder(
-        cls,
-        path: str | Path,
-        extensions: Iterable[str] = DEFAULT_EXTENSIONS,
-        channels: int = 1,
-        image_size: int | tuple[int, int] | None = None,
-        cache: bool = False,
-        skip_bad: bool = False,
-    ) -> MNISTDataset:
-        """Dataset of the class-folder tree at ``path`` (``path/<class>/<image>``); ``split`` is None."""
-        return cls(None, path, extensions, channels, image_size, cache, skip_bad)
+    def from_folder(cls, path: str | Path, **options) -> MNISTDataset:
+        """Dataset of the class-folder tree at ``path`` (``path/<class>/<image>``) with ``split`` None; ``options``
+        are the other arguments of :class:`MNISTDataset`."""
+        return cls(None, path, **options)
 
     # ---- construction -------------------------------------------------------------------------
     def _load_idx(self) -> None:
@@ -139,31 +128,24 @@ class MNISTDataset(Dataset):
         first must not get every good image skipped. Reads headers only; unreadable files are left to the
         main pass, which skips them."""
         counts: Counter[tuple[int, int]] = Counter()
-        first: dict[tuple[int, int], Path] = {}
         for path, _ in self.samples:
-            try:
-                size = probe_image(path)
-            except BadImageError:
-                continue
-            counts[size] += 1
-            first.setdefault(size, path)
+            with contextlib.suppress(BadImageError):
+                counts[probe_image(path)] += 1
         if counts:
             self.image_size = counts.most_common(1)[0][0]
-            self._first_path = first[self.image_size]
-            self._size_by_majority = True
+            self._size_source = "most images"
 
     def _check_size(self, path: Path, size: tuple[int, int]) -> None:
         """First image fixes image_size (when None and not resizing); later ones must match it."""
         if self._resize_to is not None:
             return
         if self.image_size is None:
-            self.image_size, self._first_path = size, path
+            self.image_size, self._size_source = size, f"the first image {path}"
         elif size != self.image_size:
             (h, w), (eh, ew) = size, self.image_size
             raise BadImageError(
                 path,
-                f"size {h}x{w} (HxW) differs from {eh}x{ew}, the size of "
-                + ("most images" if self._size_by_majority else f"the first image {self._first_path}"),
+                f"size {h}x{w} (HxW) differs from {eh}x{ew}, the size of {self._size_source}",
                 "Resize or remove it, pass --image-size N to resize every image, or --skip-bad to skip it "
                 "(image_size=, skip_bad=True in Python)",
             )
@@ -181,56 +163,37 @@ class MNISTDataset(Dataset):
             return
         self.samples = [self.samples[i] for i in kept]
         extra = len(self.skipped) - _MAX_SKIP_WARNINGS
-        logger.warning(
-            "skipped %d of %d image files under %s%s",
-            len(self.skipped),
-            len(self.samples) + len(self.skipped),
-            self.root,
-            f" ({extra} not listed above; see dataset.skipped)" if extra > 0 else "",
-        )
+        logger.warning("skipped %d of %d image files under %s%s", len(self.skipped),
+                       len(self.samples) + len(self.skipped), self.root,
+                       f" ({extra} not listed above; see dataset.skipped)" if extra > 0 else "")
         if not self.samples:
             raise BadImageError(self.root, "every image file was bad; nothing left to load", SKIP_HINT)
 
-    def _progress(self, desc: str) -> tqdm:
-        return progress_bar(self.samples, desc=desc, unit="img", disable=len(self.samples) < _PROGRESS_MIN_IMAGES)
-
-    def _check_all(self, full_decode: bool) -> None:
-        """Validate every file: headers only (fast), or full decode (finds truncated pixel data)."""
-        kept: list[int] = []
-        for i, (path, _) in enumerate(self._progress(f"checking {self.root.name}")):
-            try:
-                if full_decode:
-                    size = load_image(path, self.channels, self._resize_to).shape[1:]
-                else:
-                    size = probe_image(path)
-                self._check_size(path, tuple(size))
-                kept.append(i)
-            except BadImageError as err:
-                self._skip(err)
-        self._finish_skips(kept)
-
-    def _build_cache(self) -> None:
-        """Decode every image once into a uint8 tensor (N, C, H, W)."""
+    def _check_all(self, decode: bool, cache: bool) -> None:
+        """Check every file by its header (fast) or, with ``decode`` or ``cache``, by decoding it (finds truncated
+        pixel data); ``cache`` keeps the decoded images as a uint8 tensor (N, C, H, W)."""
         kept: list[int] = []
         arrays: list[np.ndarray] = []
-        for i, (path, _) in enumerate(self._progress(f"caching {self.root.name}")):
+        desc = f"{'caching' if cache else 'checking'} {self.root.name}"
+        samples = progress_bar(self.samples, desc=desc, unit="img", disable=len(self.samples) < _PROGRESS_MIN_IMAGES)
+        for i, (path, _) in enumerate(samples):
             try:
-                pixels = load_image(path, self.channels, self._resize_to)  # (C, H, W)
-                self._check_size(path, tuple(pixels.shape[1:]))
+                if decode or cache:
+                    pixels = load_image(path, self.channels, self._resize_to)  # (C, H, W)
+                    self._check_size(path, tuple(pixels.shape[1:]))
+                else:
+                    self._check_size(path, probe_image(path))
             except BadImageError as err:
                 self._skip(err)
                 continue
             kept.append(i)
-            arrays.append(pixels)
+            if cache:
+                arrays.append(pixels)
         self._finish_skips(kept)
-        self._images = torch.from_numpy(np.stack(arrays))  # (N, C, H, W) uint8
-        logger.info(
-            "cached %d images %s from %s (%.1f MB)",
-            len(arrays),
-            tuple(self._images.shape[1:]),
-            self.root,
-            self._images.numel() / 1e6,
-        )
+        if cache:
+            self._images = torch.from_numpy(np.stack(arrays))  # (N, C, H, W) uint8
+            logger.info("cached %d images %s from %s (%.1f MB)", len(arrays), tuple(self._images.shape[1:]),
+                        self.root, self._images.numel() / 1e6)
 
     # ---- access -------------------------------------------------------------------------------
     @property
@@ -254,8 +217,7 @@ class MNISTDataset(Dataset):
         if self._images is not None:
             return to_model_range(self._images[index]), label
         pixels = load_image(path, self.channels, self._resize_to)  # (C, H, W) uint8
-        if self.image_size is not None and tuple(pixels.shape[1:]) != self.image_size:
-            self._check_size(path, tuple(pixels.shape[1:]))  # raises: the file changed since scanning
+        self._check_size(path, tuple(pixels.shape[1:]))  # the file may have changed since it was checked
         return to_model_range(torch.from_numpy(pixels)), label
 
     def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,7 +227,7 @@ class MNISTDataset(Dataset):
         """
         if self._images is None:
             logger.info("as_tensors() on an uncached dataset: decoding all %d images now", len(self))
-            self._build_cache()
+            self._check_all(decode=True, cache=True)
         assert self._images is not None and len(self._images) == len(self.samples)
         return self._images, torch.tensor(self.targets, dtype=torch.int64)
 
