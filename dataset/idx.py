@@ -24,9 +24,6 @@ from dataset.paths import DEFAULT_RAW_DIR, PREPARE_COMMAND
 
 logger = logging.getLogger(__name__)
 
-IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions
-LABELS_MAGIC = 0x00000801  # uint8, 1 dimension
-
 # split -> (images file, labels file)
 MNIST_FILES: dict[str, tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -79,15 +76,17 @@ def _read_bytes(path: Path, verify: bool) -> bytes:
         raise IDXFormatError(f"cannot decompress {path}: {err}. Replace the file") from err
 
 
-def read_idx(path: str | Path, *, verify: bool = True) -> np.ndarray:
-    """An IDX file of unsigned bytes (type 0x08) as a uint8 array of its stored shape; md5 as the module doc says."""
-    path = Path(path)
+def _read_idx(path: Path, what: str, ndim: int, verify: bool) -> np.ndarray:
+    """The uint8 array of an IDX file of unsigned bytes (type 0x08) holding MNIST ``what`` in ``ndim`` dimensions;
+    md5 as the module doc says."""
     data = _read_bytes(path, verify)
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise IDXFormatError(f"{path} is not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
-    type_code, ndim = data[2], data[3]
-    if type_code != 0x08:
-        raise IDXFormatError(f"{path} has IDX type code 0x{type_code:02x}; only 0x08 (unsigned byte) is read")
+    if data[2] != 0x08:
+        raise IDXFormatError(f"{path} has IDX type code 0x{data[2]:02x}; only 0x08 (unsigned byte) is read")
+    if data[3] != ndim:
+        raise IDXFormatError(f"{path} does not hold MNIST {what}: magic 0x{data[:4].hex()} has {data[3]} "
+                             f"dimension(s), expected 0x000008{ndim:02x} ({ndim})")
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise IDXFormatError(f"{path} is truncated inside its header ({len(data)} bytes)")
@@ -100,29 +99,14 @@ def read_idx(path: str | Path, *, verify: bool = True) -> np.ndarray:
     return np.frombuffer(bytearray(data), dtype=np.uint8, offset=header_len).reshape(shape)
 
 
-def _check_kind(path: Path, array: np.ndarray, magic: int, what: str) -> None:
-    expected_ndim, expected_type = magic & 0xFF, (magic >> 8) & 0xFF
-    if array.ndim != expected_ndim:
-        raise IDXFormatError(
-            f"{path} does not hold MNIST {what}: expected {expected_ndim} dimension(s) "
-            f"(magic 0x{magic:08x}, type 0x{expected_type:02x}), got shape {array.shape}"
-        )
-
-
 def read_idx_images(path: str | Path, *, verify: bool = True) -> np.ndarray:
     """Images of an IDX3 file: uint8 array (N, H, W) -- (N, 28, 28) for MNIST."""
-    path = Path(path)
-    images = read_idx(path, verify=verify)
-    _check_kind(path, images, IMAGES_MAGIC, "images")
-    return images
+    return _read_idx(Path(path), "images", 3, verify)
 
 
 def read_idx_labels(path: str | Path, *, verify: bool = True) -> np.ndarray:
     """Labels of an IDX1 file: int64 array (N,)."""
-    path = Path(path)
-    labels = read_idx(path, verify=verify)
-    _check_kind(path, labels, LABELS_MAGIC, "labels")
-    return labels.astype(np.int64)
+    return _read_idx(Path(path), "labels", 1, verify).astype(np.int64)
 
 
 def mnist_idx_paths(split: str, raw_dir: str | Path = DEFAULT_RAW_DIR) -> tuple[Path, Path]:
