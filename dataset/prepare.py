@@ -46,16 +46,6 @@ def _write_split(images: np.ndarray, labels: np.ndarray, target: Path, force: bo
         raise
 
 
-def _prepare_split(raw_dir: Path, out_root: Path, split: str, force: bool, verify_md5: bool) -> tuple[Path, int]:
-    """Write one split's tree unless it exists; returns (folder, number of PNGs written)."""
-    target = out_root / paths.SPLIT_DIRS[split]
-    if target.exists() and not force:
-        return target, 0
-    images, labels = load_mnist_idx(split, raw_dir, verify=verify_md5)  # type: ignore[arg-type]
-    _write_split(images, labels, target, force)
-    return target, len(labels)
-
-
 def prepare_mnist_images(
     raw_dir: str | Path = paths.DEFAULT_RAW_DIR,
     out_root: str | Path = paths.DEFAULT_DATA_ROOT,
@@ -73,13 +63,13 @@ def prepare_mnist_images(
     if unknown or not splits:
         raise ValueError(f"splits must be a non-empty subset of {tuple(paths.SPLIT_DIRS)}; got {splits!r}")
     out_root.mkdir(parents=True, exist_ok=True)
-    folders = {}
-    for split in splits:
+    folders = {split: out_root / paths.SPLIT_DIRS[split] for split in splits}
+    for split, target in folders.items():
+        if target.exists() and not force:
+            logger.info("%s exists; nothing to do (use --force to rebuild it)", target)
+            continue
         start = time.perf_counter()
-        folders[split], written = _prepare_split(raw_dir, out_root, split, force, verify_md5)
-        seconds = time.perf_counter() - start
-        if written:
-            logger.info("wrote %d %s PNGs to %s in %.1f s", written, split, folders[split], seconds)
-        else:
-            logger.info("%s exists; nothing to do (use --force to rebuild it)", folders[split])
+        images, labels = load_mnist_idx(split, raw_dir, verify=verify_md5)  # type: ignore[arg-type]
+        _write_split(images, labels, target, force)
+        logger.info("wrote %d %s PNGs to %s in %.1f s", len(labels), split, target, time.perf_counter() - start)
     return folders
