@@ -44,8 +44,6 @@ def _bad_image(path: Path, err: BaseException) -> BadImageError:
         )
     if isinstance(err, OSError) and err.errno == errno.ELOOP:
         return BadImageError(path, "symlink loop", "Remove the symlink or point it at a real image")
-    if isinstance(err, IsADirectoryError):
-        return BadImageError(path, "is a directory, not an image file", "Rename or remove it")
     if isinstance(err, UnidentifiedImageError):
         return BadImageError(path, "not a recognised image (wrong content for its extension?)", SKIP_HINT)
     if isinstance(err, Image.DecompressionBombError):
@@ -58,7 +56,7 @@ def _require_regular_file(path: Path) -> None:
     device (``/dev/zero``, a terminal) is not an image. OSErrors (loops, permissions) propagate."""
     mode = os.stat(path).st_mode
     if stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        raise BadImageError(path, "is a directory, not an image file", "Rename or remove it")
     if not stat.S_ISREG(mode):
         kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         raise BadImageError(path, f"not a regular file but {kind}", "Remove it or replace it with an image file")
