@@ -74,18 +74,6 @@ def probe_image(path: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """``img`` as 8-bit "L" (channels=1) or "RGB" (channels=3); see the module doc for the rules."""
-    target = "L" if channels == 1 else "RGB"
-    if img.mode in _SIXTEEN_BIT_MODES:
-        wide = np.asarray(img).astype(np.int64)
-        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
-    elif img.mode in _ALPHA_MODES or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return img if img.mode == target else img.convert(target)
-
-
 def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode ``path`` into a uint8 array (C, H, W) as :func:`convert_image` does. Raises BadImageError."""
     path = Path(path)
@@ -106,7 +94,15 @@ def load_image(path: str | Path, channels: int = 1, size: tuple[int, int] | None
 def convert_image(img: Image.Image, channels: int = 1, size: tuple[int, int] | None = None) -> np.ndarray:
     """A decoded image as uint8 (C, H, W): converted as the module doc says, resized to ``size=(H, W)`` (Pillow
     bilinear, antialiased when shrinking) unless it is None."""
-    img = _to_mode(img, channels)
+    if img.mode in _SIXTEEN_BIT_MODES:
+        wide = np.asarray(img).astype(np.int64)
+        img = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))  # 2-D uint8: "L"
+    elif img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert(target)
     if size is not None and img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     pixels = np.asarray(img, dtype=np.uint8)

@@ -65,14 +65,9 @@ class MNISTDataset(Dataset):
     """
 
     def __init__(
-        self,
-        split: str | None = "train",
-        data_root: str | Path | None = None,
-        extensions: Iterable[str] = DEFAULT_EXTENSIONS,
-        channels: int = 1,
-        image_size: int | tuple[int, int] | None = None,
-        cache: bool = False,
-        skip_bad: bool = False,
+        self, split: str | None = "train", data_root: str | Path | None = None,
+        extensions: Iterable[str] = DEFAULT_EXTENSIONS, channels: int = 1,
+        image_size: int | tuple[int, int] | None = None, cache: bool = False, skip_bad: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels!r}")
@@ -248,14 +243,9 @@ class MNISTDataset(Dataset):
 
 
 def load_training_set(
-    data_path: str | Path = DEFAULT_DATA_PATH,
-    extensions: Iterable[str] = DEFAULT_EXTENSIONS,
-    channels: int = 1,
-    image_size: int | tuple[int, int] | None = None,
-    cache: bool = True,
-    skip_bad: bool = False,
-    *,
-    raw_dir: str | Path = DEFAULT_RAW_DIR,
+    data_path: str | Path = DEFAULT_DATA_PATH, extensions: Iterable[str] = DEFAULT_EXTENSIONS, channels: int = 1,
+    image_size: int | tuple[int, int] | None = None, cache: bool = True, skip_bad: bool = False,
+    *, raw_dir: str | Path = DEFAULT_RAW_DIR,
 ) -> MNISTDataset:
     """The training images at ``data_path`` (training's ``--data-path``), as an :class:`MNISTDataset`.
 
