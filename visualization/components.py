@@ -20,21 +20,12 @@ from models import (
     UpSamplingBlock,
     get_time_embedding,
 )
-from visualization.plotting import (
-    new_figure,
-    save_figure,
-    seeded_init,
-    show_map,
-    symmetric_limit,
-    to_numpy,
-)
-
-EMBEDDING_TIMESTEPS = (0, 1, 10, 100)
+from visualization.plotting import new_figure, save_figure, seeded_init, show_map, symmetric_limit, to_numpy
 
 
 # ---------------------------------------------------------------------------------------- time embedding
 def time_embedding_figures(
-    outdir: Path, timesteps: Sequence[int] = EMBEDDING_TIMESTEPS, dim: int = 320, first: int = 64
+    outdir: Path, timesteps: Sequence[int] = (0, 1, 10, 100), dim: int = 320, first: int = 64
 ) -> list[Path]:
     """``time_embedding_heatmap.png`` (all ``dim`` dimensions) and ``time_embedding_first64.png``."""
     t = torch.tensor(list(timesteps))
@@ -50,8 +41,7 @@ def time_embedding_figures(
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel(f"embedding dimension (0 … {dim - 1})")
     ax.set_ylabel("timestep")
-    ax.set_title(f"Sinusoidal time embedding, dim = {dim}: frequency falls from left to right in each half",
-                 pad=18)
+    ax.set_title(f"Sinusoidal time embedding, dim = {dim}: frequency falls from left to right in each half", pad=18)
     fig.colorbar(im, ax=ax, label="embedding value")
     paths = [save_figure(fig, outdir / "time_embedding_heatmap.png")]
 

@@ -45,16 +45,8 @@ def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def show_map(
-    ax: Axes,
-    image: torch.Tensor | np.ndarray,
-    title: str,
-    *,
-    cmap: str = "viridis",
-    vmin: float | None = None,
-    vmax: float | None = None,
-    colorbar: str = "value",
-    xlabel: str = "x (pixel)",
-    ylabel: str = "y (pixel)",
+    ax: Axes, image: torch.Tensor | np.ndarray, title: str, *, cmap: str = "viridis", vmin: float | None = None,
+    vmax: float | None = None, colorbar: str = "value", xlabel: str = "x (pixel)", ylabel: str = "y (pixel)",
 ) -> None:
     """``imshow`` of a 2-D array with a title, axis labels and a colour bar labelled ``colorbar``."""
     im = ax.imshow(to_numpy(image), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
