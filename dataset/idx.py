@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 import zlib
 from pathlib import Path
 from typing import Literal
@@ -21,8 +20,6 @@ import numpy as np
 
 from dataset.errors import IDXFormatError
 from dataset.paths import DEFAULT_RAW_DIR, PREPARE_COMMAND
-
-logger = logging.getLogger(__name__)
 
 # split -> (images file, labels file)
 MNIST_FILES: dict[str, tuple[str, str]] = {

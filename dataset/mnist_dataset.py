@@ -145,28 +145,10 @@ class MNISTDataset(Dataset):
                 "(image_size=, skip_bad=True in Python)",
             )
 
-    def _skip(self, err: BadImageError) -> None:
-        if not self.skip_bad:
-            raise err
-        self.skipped.append((err.path, err.reason))
-        if len(self.skipped) <= _MAX_SKIP_WARNINGS:
-            logger.warning("skipping %s", err)
-
-    def _finish_skips(self, kept: list[int]) -> None:
-        """Drop the samples not in ``kept`` (indices into self.samples) and summarise the skips."""
-        if len(kept) == len(self.samples):
-            return
-        self.samples = [self.samples[i] for i in kept]
-        extra = len(self.skipped) - _MAX_SKIP_WARNINGS
-        logger.warning("skipped %d of %d image files under %s%s", len(self.skipped),
-                       len(self.samples) + len(self.skipped), self.root,
-                       f" ({extra} not listed above; see dataset.skipped)" if extra > 0 else "")
-        if not self.samples:
-            raise BadImageError(self.root, "every image file was bad; nothing left to load", SKIP_HINT)
-
     def _check_all(self, decode: bool, cache: bool) -> None:
         """Check every file by its header (fast) or, with ``decode`` or ``cache``, by decoding it (finds truncated
-        pixel data); ``cache`` keeps the decoded images as a uint8 tensor (N, C, H, W)."""
+        pixel data); ``cache`` keeps the decoded images as a uint8 tensor (N, C, H, W). With ``skip_bad`` a bad
+        file is warned about, listed in ``skipped`` and dropped from ``samples``."""
         kept: list[int] = []
         arrays: list[np.ndarray] = []
         desc = f"{'caching' if cache else 'checking'} {self.root.name}"
@@ -179,12 +161,23 @@ class MNISTDataset(Dataset):
                 else:
                     self._check_size(path, probe_image(path))
             except BadImageError as err:
-                self._skip(err)
+                if not self.skip_bad:
+                    raise
+                self.skipped.append((err.path, err.reason))
+                if len(self.skipped) <= _MAX_SKIP_WARNINGS:
+                    logger.warning("skipping %s", err)
                 continue
             kept.append(i)
             if cache:
                 arrays.append(pixels)
-        self._finish_skips(kept)
+        if len(kept) < len(self.samples):
+            self.samples = [self.samples[i] for i in kept]
+            extra = len(self.skipped) - _MAX_SKIP_WARNINGS
+            logger.warning("skipped %d of %d image files under %s%s", len(self.skipped),
+                           len(self.samples) + len(self.skipped), self.root,
+                           f" ({extra} not listed above; see dataset.skipped)" if extra > 0 else "")
+            if not self.samples:
+                raise BadImageError(self.root, "every image file was bad; nothing left to load", SKIP_HINT)
         if cache:
             self._images = torch.from_numpy(np.stack(arrays))  # (N, C, H, W) uint8
             logger.info("cached %d images %s from %s (%.1f MB)", len(arrays), tuple(self._images.shape[1:]),
