@@ -43,18 +43,6 @@ KNOWN_MD5: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_md5(path: Path, stored: bytes) -> None:
-    """Raise unless ``stored`` (the bytes of ``path``) has one of the digests known for its file name."""
-    accepted = KNOWN_MD5.get(path.name)
-    actual = hashlib.md5(stored).hexdigest()
-    if accepted is not None and actual not in accepted:
-        raise IDXFormatError(
-            f"md5 mismatch for {path}: got {actual}, expected {' or '.join(accepted)}. The file is "
-            f"corrupt or not the standard MNIST file; replace it (copy the original file again, or "
-            f"`{PREPARE_COMMAND} --download --force`)"
-        )
-
-
 def _read_bytes(path: Path, verify: bool) -> bytes:
     """Bytes of ``path`` (decompressed if it ends in .gz), md5-checked on the stored bytes first."""
     if not path.is_file():
@@ -63,8 +51,13 @@ def _read_bytes(path: Path, verify: bool) -> bytes:
             f"`{PREPARE_COMMAND} --download`"
         )
     stored = path.read_bytes()
-    if verify:
-        _check_md5(path, stored)
+    accepted = KNOWN_MD5.get(path.name)
+    if verify and accepted is not None and (actual := hashlib.md5(stored).hexdigest()) not in accepted:
+        raise IDXFormatError(
+            f"md5 mismatch for {path}: got {actual}, expected {' or '.join(accepted)}. The file is "
+            f"corrupt or not the standard MNIST file; replace it (copy the original file again, or "
+            f"`{PREPARE_COMMAND} --download --force`)"
+        )
     if not path.name.endswith(".gz"):
         return stored
     try:
