@@ -89,7 +89,6 @@ class MNISTDataset(Dataset):
             self._load_idx()
             return
         self.classes, self.samples = scan_class_folders(self.root, extensions)
-        self.class_to_idx: dict[str, int] = {name: i for i, name in enumerate(self.classes)}
         if skip_bad and self._resize_to is None:
             self._fix_size_by_majority()
         self._check_all(decode=skip_bad, cache=cache)
@@ -107,7 +106,6 @@ class MNISTDataset(Dataset):
         self.indices = np.argsort(labels, kind="stable")  # stable: file positions ascend within each digit
         digits, targets = np.unique(labels[self.indices], return_inverse=True)
         self.classes = [str(d) for d in digits]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         images_file = mnist_idx_paths(self.split, self.root)[0]
         self.samples = [(images_file, label) for label in targets.tolist()]
         pixels = images[self.indices][:, None]  # (N, 1, 28, 28)
