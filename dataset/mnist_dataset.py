@@ -248,11 +248,10 @@ def load_training_set(
     raw_dir = Path(raw_dir).expanduser().absolute()
     bundled = (raw_dir.parent / SPLIT_DIRS["train"]).resolve()  # resolved beside raw_dir, which may be a link
     if path == bundled and not (path.is_dir() and any(path.iterdir())):
-        for file in mnist_idx_paths("train", raw_dir):
-            if not file.is_file():
-                raise FileNotFoundError(
-                    f"IDX file {file} not found: the default data path {path} stands for the MNIST training "
-                    f"digits in {raw_dir}. Copy the MNIST IDX files there or run `{PREPARE_COMMAND} --download`")
+        if not _holds_idx(raw_dir, "train"):  # the test MNISTDataset applies: without them it would scan raw_dir
+            raise FileNotFoundError(
+                f"MNIST's training IDX files ({' and '.join(MNIST_FILES['train'])}) are not in {raw_dir}, and the "
+                f"default data path {path} stands for them. Copy them there or run `{PREPARE_COMMAND} --download`")
         logger.info("reading the MNIST training digits from the IDX files in %s (%s holds no tree)", raw_dir, path)
         return MNISTDataset("train", raw_dir, channels=channels, image_size=image_size)
     return MNISTDataset("train", path, extensions, channels, image_size, cache, skip_bad)
