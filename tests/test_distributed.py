@@ -26,7 +26,6 @@ from common.run_lock import RunLock
 from models import UNet, UNetConfig
 from training.batching import (
     BatchSource,
-    ResumableDistributedSampler,
     epoch_index_batches,
     epoch_permutation,
     rank_index_batches,
@@ -71,9 +70,6 @@ def test_ranks_split_each_global_batch_as_distributed_sampler_assigns_ranks(worl
     for r in range(world_size):
         positions = list(DistributedSampler(range(end), world_size, r, shuffle=False, drop_last=True))
         assert torch.cat(per_rank[r]).tolist() == perm[positions].tolist()
-        sampler = ResumableDistributedSampler(range(N), B, seed, r, world_size)
-        sampler.set_epoch(epoch)
-        assert list(sampler) == perm[positions].tolist() and len(sampler) == end // world_size
 
 
 def test_ranks_resume_mid_epoch_from_a_global_offset():
@@ -223,7 +219,7 @@ def test_two_gloo_ranks_train_like_one_process_with_the_global_batch(tmp_path, d
 def test_torchrun_main_py_trains_class_conditional_through_the_dataloader_like_one_process(tmp_path, data48,
                                                                                           reference):
     """The real entry point (main.py joins and leaves the process group itself), labels dropped on the global
-    batch, images read by DataLoaders over ResumableDistributedSampler."""
+    batch, images read by DataLoaders over the same index batches."""
     run = tmp_path / "cond"
     log = torchrun(tmp_path, "main.py", *args(run, data48, 4, *COND, "--no-cache"))
     assert "stopped (max_steps) at step 4" in log, log[-5000:]

@@ -7,7 +7,7 @@ samples of that permutation already consumed. Rank ``r`` of ``W`` takes rows ``r
 process with batch W·B, and a checkpoint resumes under any world size with the same global batch.
 
 Batches come from the cached uint8 tensor ``[N, C, H, W]`` in memory (the default) or, with ``num_workers > 0`` or
-``--no-cache``, from a DataLoader over a :class:`ResumableDistributedSampler` that yields the same indices.
+``--no-cache``, from a DataLoader whose batch sampler is the same index batches.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from dataset import to_model_range
 
@@ -64,30 +64,6 @@ def rank_index_batches(num_samples: int, batch_size: int, seed: int, epoch: int,
     return [rank_slice(b, rank, world_size) for b in global_batches]
 
 
-class ResumableDistributedSampler(DistributedSampler):
-    """torch's ``DistributedSampler`` (its rank assignment and ``set_epoch``) over this module's data order,
-    resumable mid-epoch with ``set_epoch(epoch, offset)``: a DataLoader over it yields :func:`rank_index_batches`."""
-
-    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.batch_size = batch_size
-        self.offset = 0
-
-    def set_epoch(self, epoch: int, offset: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.offset = offset
-
-    def _batches(self) -> list[torch.Tensor]:
-        return rank_index_batches(len(self.dataset), self.batch_size, self.seed, self.epoch, self.offset, self.rank,
-                                  self.num_replicas)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter([i for b in self._batches() for i in b.tolist()])
-
-    def __len__(self) -> int:
-        return sum(len(b) for b in self._batches())
-
-
 class BatchSource:
     """Yields ``(x0, labels)`` batches — x0 float32 in [−1, 1], labels int64, both on ``device`` — in the order
     of :func:`rank_index_batches`. ``dataset[i]`` is ``(image float [C, H, W] in [−1, 1], label)``; ``in_memory``
@@ -108,13 +84,10 @@ class BatchSource:
                              f"{batch_size} per rank × {world_size} ranks = {self.global_batch_size}; lower "
                              "--batch-size or start fewer processes")
         self.images = self.labels = None
-        self.sampler = None
         if in_memory:
             images, labels = dataset.as_tensors()
             self.images = images.to(device)  # uint8 (N, C, H, W): ~47 MB for MNIST
             self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
-        else:
-            self.sampler = ResumableDistributedSampler(dataset, batch_size, seed, rank, world_size)
 
     @property
     def global_batch_size(self) -> int:
@@ -126,15 +99,15 @@ class BatchSource:
 
     def __call__(self, epoch: int, offset: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's batches of epoch ``epoch`` after ``offset`` global samples."""
+        batches = rank_index_batches(self.num_samples, self.batch_size, self.seed, epoch, offset, self.rank,
+                                     self.world_size)
         if self.images is not None:
-            for index in rank_index_batches(self.num_samples, self.batch_size, self.seed, epoch, offset, self.rank,
-                                            self.world_size):
+            for index in batches:
                 index = index.to(self.images.device)
                 yield to_model_range(self.images[index]), self.labels[index]
             return
-        self.sampler.set_epoch(epoch, offset)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(self.dataset, batch_sampler=[b.tolist() for b in batches], num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda")
         for x0, labels in loader:
             yield x0.to(self.device, non_blocking=True), torch.as_tensor(labels).to(self.device, non_blocking=True)
 
