@@ -9,18 +9,3 @@ from dataset.image_io import to_model_range
 from dataset.mnist_dataset import MNISTDataset, load_training_set
 from dataset.paths import DEFAULT_DATA_PATH, DEFAULT_RAW_DIR
 from dataset.prepare import prepare_mnist_images
-
-__all__ = [
-    "DEFAULT_DATA_PATH",
-    "DEFAULT_RAW_DIR",
-    "BadImageError",
-    "DatasetLayoutError",
-    "IDXFormatError",
-    "MNISTDataset",
-    "load_mnist_idx",
-    "load_training_set",
-    "prepare_mnist_images",
-    "read_idx_images",
-    "read_idx_labels",
-    "to_model_range",
-]

@@ -5,20 +5,3 @@ from models.blocks import BottleNeck, DownSamplingBlock, ResidualBlock, SpatialA
 from models.label_embedding import LabelEmbedding
 from models.time_embedding import TimeEmbedding, get_time_embedding
 from models.unet import PRESETS, UNet, UNetConfig, preset_config
-
-__all__ = [
-    "PRESETS",
-    "BottleNeck",
-    "DownSamplingBlock",
-    "LabelEmbedding",
-    "MultiHeadCrossAttention",
-    "MultiHeadSelfAttention",
-    "ResidualBlock",
-    "SpatialAttention",
-    "TimeEmbedding",
-    "UNet",
-    "UNetConfig",
-    "UpSamplingBlock",
-    "get_time_embedding",
-    "preset_config",
-]

@@ -26,26 +26,3 @@ from sampling.sampler import (
     run_chain,
     sample_images,
 )
-
-__all__ = [
-    "DEFAULT_GUIDANCE_SCALE",
-    "DEFAULT_SAMPLER",
-    "DEFAULT_SAMPLER_STEPS",
-    "DEFAULT_STEPS",
-    "SAMPLERS",
-    "NonFiniteSamplesError",
-    "SamplerConfig",
-    "Trajectory",
-    "guided_eps_fn",
-    "labels_in_rows",
-    "load_samples_npz",
-    "make_grid",
-    "make_stepper",
-    "run_chain",
-    "sample_images",
-    "sample_model",
-    "save_grid_png",
-    "save_samples_npz",
-    "save_trajectory_gif",
-    "to_uint8",
-]

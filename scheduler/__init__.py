@@ -5,18 +5,3 @@ from scheduler.dpm_solver import DPMSolverPlusPlusScheduler, dpm_solver_timestep
 from scheduler.extract import draw_noise, extract
 from scheduler.linear_noise_scheduler import DiffusionConfig, LinearNoiseScheduler, NoiseScheduler
 from scheduler.respace import RespacedDDPMScheduler, respaced_betas
-
-__all__ = [
-    "SPACINGS",
-    "DDIMScheduler",
-    "DPMSolverPlusPlusScheduler",
-    "DiffusionConfig",
-    "LinearNoiseScheduler",
-    "NoiseScheduler",
-    "RespacedDDPMScheduler",
-    "ddim_timesteps",
-    "dpm_solver_timesteps",
-    "draw_noise",
-    "extract",
-    "respaced_betas",
-]

@@ -5,5 +5,3 @@ sampling and evaluation."""
 from training.config import TrainConfig
 from training.state import EMA, TrainState
 from training.trainer import TrainingDiverged, TrainResult, l_simple, train, train_step
-
-__all__ = ["EMA", "TrainConfig", "TrainResult", "TrainState", "TrainingDiverged", "l_simple", "train", "train_step"]

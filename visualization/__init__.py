@@ -10,17 +10,3 @@ from visualization.components import (
 )
 from visualization.diffusion import forward_diffusion_figure, reverse_process_figure, schedule_curves_figure
 from visualization.mnist import load_mnist_preview, mnist_grid_figure, mnist_label_hist_figure
-
-__all__ = [
-    "block_figures",
-    "cross_attention_figures",
-    "forward_diffusion_figure",
-    "load_mnist_preview",
-    "mnist_grid_figure",
-    "mnist_label_hist_figure",
-    "reverse_process_figure",
-    "schedule_curves_figure",
-    "self_attention_figures",
-    "time_embedding_figures",
-    "unet_io_figure",
-]
