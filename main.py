@@ -22,9 +22,30 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--train-ddpm-model", action="store_true", help="train a DDPM (see the training flags)")
     mode.add_argument("--eval-ddpm-model", action="store_true",
                       help="sample from a checkpoint and optionally compute quality metrics")
-    train_cli.add_arguments(parser)  # also defines the flags both modes share (--task-name, --seed, --device, ...)
+    add_shared_arguments(parser)
+    train_cli.add_arguments(parser)
     eval_cli.add_arguments(parser)
     return parser
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both modes read; their defaults are :class:`~training.config.TrainConfig`'s."""
+    from common import argtypes as types
+    from common.device import DEVICES
+    from training.config import TrainConfig
+
+    g = parser.add_argument_group("both modes")
+    g.add_argument("--task-name", default=TrainConfig.task_name,
+                   help="training: the run folder (config.json, metrics.csv, loss.png, the checkpoint, viz/); "
+                        "evaluation: where samples/ goes (default: beside the checkpoint)")
+    g.add_argument("--batch-size", type=types.positive_int, default=TrainConfig.batch_size,
+                   help="images per training step (per process) or per sampling batch")
+    g.add_argument("--seed", type=types.seed, default=TrainConfig.seed,
+                   help="seeds model init, data order and noise, or the sampling noise; the same seed reproduces a run")
+    g.add_argument("--device", default=TrainConfig.device, choices=DEVICES, help="auto: cuda if available, else cpu")
+    g.add_argument("--num-threads", type=types.workers, default=TrainConfig.num_threads,
+                   help="torch CPU threads; 0 keeps torch's default (all cores). On a machine shared with other "
+                        "jobs, 1 can be several times faster than oversubscribed cores")
 
 
 def main(argv: list[str] | None = None) -> int:

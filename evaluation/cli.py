@@ -52,11 +52,8 @@ def class_indices(requested: list[str], class_names: list[str] | None, num_class
 
 # ---------------------------------------------------------------------------------------------- flags
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the evaluation-only flags (the shared ones come from training.cli)."""
-    g = parser.add_argument_group(
-        "evaluation (--eval-ddpm-model); also uses --task-name, --seed, --device, --num-threads and --batch-size "
-        "(the sampling batch)"
-    )
+    """Add the evaluation-only flags to ``parser`` (main.py adds those both modes share)."""
+    g = parser.add_argument_group("evaluation (--eval-ddpm-model)")
     g.add_argument("--ckpt-file", type=Path, default=DEFAULT_CKPT,
                    help="checkpoint to sample from; rebuilds the model from it alone")
     g.add_argument("--no-ema", dest="use_ema", action="store_false",

@@ -18,7 +18,7 @@ from common.run_lock import RunLockedError
 from dataset import DEFAULT_DATA_PATH
 from models import PRESETS, UNetConfig, preset_config
 from scheduler import DiffusionConfig
-from training.config import DEVICES, LOSS_WEIGHTINGS, LR_SCHEDULES, PRECISIONS, TrainConfig
+from training.config import LOSS_WEIGHTINGS, LR_SCHEDULES, PRECISIONS, TrainConfig
 from training.runtime import PeerSetupError, resolve_performance, setup_distributed, teardown_distributed
 from training.trainer import TrainingDiverged, TrainResult, train
 
@@ -31,16 +31,13 @@ EXIT_OK, EXIT_DIVERGED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # ---------------------------------------------------------------------------------------------- flags
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the training flags (and the shared --task-name/--seed/--device) to ``parser``."""
-    g = parser.add_argument_group("training (--train-ddpm-model); --task-name, --seed, --device are shared")
-    g.add_argument("--task-name", default=_DEFAULTS.task_name,
-                   help="run folder: config.json, metrics.csv, loss.png, the checkpoint and viz/ go here")
+    """Add the training-only flags to ``parser`` (main.py adds those both modes share)."""
+    g = parser.add_argument_group("training (--train-ddpm-model)")
     g.add_argument("--data-path", default=str(DEFAULT_DATA_PATH),
                    help="class-folder image tree <path>/<class>/<image>; the default stands for the bundled MNIST "
                         "training digits, read straight from their IDX files")
     g.add_argument("--model", default=_DEFAULTS.model, choices=sorted(PRESETS),
                    help="UNet preset: tiny (tests), small (CPU default), medium (the shipped weights), base (GPU)")
-    g.add_argument("--batch-size", type=types.positive_int, default=_DEFAULTS.batch_size, help="images per step")
     g.add_argument("--num-epochs", type=int, default=None,
                    help=f"passes over the data (default {_DEFAULTS.num_epochs}; with --max-minutes alone, as many as "
                         "the time allows)")
@@ -71,15 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="β_1 of the linear schedule")
     g.add_argument("--beta-end", type=float, default=_DIFFUSION.beta_end,
                    help="β_T of the linear schedule")
-    g.add_argument("--seed", type=types.seed, default=_DEFAULTS.seed,
-                   help="seeds model init, data order and noise; the same seed reproduces a run exactly")
-    g.add_argument("--device", default=_DEFAULTS.device, choices=DEVICES,
-                   help="auto: cuda if available, else cpu")
     g.add_argument("--num-workers", type=int, default=_DEFAULTS.num_workers,
                    help="DataLoader workers; 0 batches straight from the images cached in memory (fastest on CPU)")
-    g.add_argument("--num-threads", type=types.workers, default=_DEFAULTS.num_threads,
-                   help="torch CPU threads; 0 keeps torch's default (all cores). On a machine shared with other "
-                        "jobs, 1 can be several times faster than oversubscribed cores")
     g.add_argument("--no-cache", action="store_true",
                    help="do not decode the whole dataset into memory first; read images from disk per batch")
     g.add_argument("--skip-bad", action="store_true",
