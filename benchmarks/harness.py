@@ -13,6 +13,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +226,7 @@ def draw_or_reuse(model: torch.nn.Module, scheduler, config: SamplerConfig, n: i
                            batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
                            device=scheduler.device)
     seconds = time.perf_counter() - start
-    meta = {"checkpoint_sha256": ckpt_sha, "seed": seed, "sampler": label, "sampler_config": config.to_dict(),
+    meta = {"checkpoint_sha256": ckpt_sha, "seed": seed, "sampler": label, "sampler_config": asdict(config),
             "num_function_evals": result.num_function_evals, "seconds": seconds, "images_per_second": n / seconds,
             "device": str(scheduler.device), "threads": torch.get_num_threads(), "batch_size": batch_size}
     images = to_uint8(result.images)

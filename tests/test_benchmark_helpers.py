@@ -107,3 +107,45 @@ def test_bench_train_step_is_the_trainers_step_on_the_same_draws_for_every_varia
     assert loss != pytest.approx(l_simple(model, scheduler, x0, t, eps).item(), rel=1e-4)
     assert any(not torch.equal(a, b) for a, b in zip(before, nchw.state.model.parameters()))
     assert channels_last.step(x0, labels).item() == pytest.approx(loss, rel=1e-5)
+
+
+def test_draw_or_reuse_saves_the_draw_with_its_config_and_reuses_it_only_for_the_same_checkpoint(
+        tmp_path, monkeypatch):
+    import harness
+
+    model = UNet(replace(PRESETS["tiny"], zero_init=False)).eval()
+    scheduler = LinearNoiseScheduler(num_timesteps=20)
+    config = SamplerConfig("ddim", 2)
+    images, meta = harness.draw_or_reuse(model, scheduler, config, 3, seed=0, batch_size=2, out_dir=tmp_path,
+                                         ckpt_sha="abc")
+    assert images.shape == (3, 28, 28) and images.dtype.name == "uint8"
+    assert meta["sampler_config"] == {"name": "ddim", "num_steps": 2, "eta": 0.0, "spacing": "trailing",
+                                      "clip_x0": True}
+    assert meta["num_function_evals"] == 2 and (tmp_path / "samples_ddim-2-eta0.npz").is_file()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again instead of reusing the saved draw")
+
+    monkeypatch.setattr(harness, "sample_images", no_sampling)
+    again, _ = harness.draw_or_reuse(model, scheduler, config, 3, seed=0, batch_size=2, out_dir=tmp_path,
+                                     ckpt_sha="abc", reuse=True)
+    assert (again == images).all()
+    with pytest.raises(AssertionError, match="sampled again"):  # another checkpoint's draw is not reused
+        harness.draw_or_reuse(model, scheduler, config, 3, seed=0, batch_size=2, out_dir=tmp_path,
+                              ckpt_sha="other", reuse=True)
+
+
+def test_bench_samplers_runs_end_to_end_and_records_each_samplers_config(tmp_path):
+    """A smoke run of the whole script on the shipped checkpoint (1 network call, 10 images): the table and the
+    JSON it writes are what RESULTS.md quotes."""
+    import json
+
+    import bench_samplers
+
+    assert bench_samplers.main(["--samplers", "ddim:1", "--num-samples", "10", "--batch-size", "10",
+                                "--out-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (row,) = report["rows"]
+    assert row["sampler"] == "ddim-1-eta0" and row["num_samples"] == 10 and row["num_function_evals"] == 1
+    assert row["config"] == {"name": "ddim", "num_steps": 1, "eta": 0.0, "spacing": "trailing", "clip_x0": True}
+    assert "| ddim-1-eta0 | 10 | 1 |" in (tmp_path / "bench.md").read_text()
