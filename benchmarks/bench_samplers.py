@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -116,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                      out_dir=args.out_dir, ckpt_sha=ckpt_sha, reuse=args.reuse)
         for n in sorted({min(n, n_draw) for n in args.num_samples}):
             metrics = compute_metrics(images[:n], classifier, train_images, test_images, metrics_config)
-            rows.append({"sampler": meta["sampler"], "config": asdict(config), "num_samples": n,
+            rows.append({"sampler": meta["sampler"], "config": meta["sampler_config"], "num_samples": n,
                          "num_function_evals": meta["num_function_evals"],
                          "images_per_second": meta["images_per_second"], "metrics": metrics})
             logger.info("%s, N = %d: FID %.2f (floor %.2f), precision %s, recall %s", meta["sampler"], n,

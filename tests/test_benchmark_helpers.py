@@ -4,8 +4,11 @@ and a training step that drifted from the trainer's loss would time the wrong wo
 through ``pythonpath`` in pyproject.toml.)"""
 
 import argparse
+import json
 from dataclasses import replace
 
+import bench_samplers
+import harness
 import pytest
 import torch
 from bench_train import Stepper, make_batches, parse_variant, variant_label
@@ -111,8 +114,6 @@ def test_bench_train_step_is_the_trainers_step_on_the_same_draws_for_every_varia
 
 def test_draw_or_reuse_saves_the_draw_with_its_config_and_reuses_it_only_for_the_same_checkpoint(
         tmp_path, monkeypatch):
-    import harness
-
     model = UNet(replace(PRESETS["tiny"], zero_init=False)).eval()
     scheduler = LinearNoiseScheduler(num_timesteps=20)
     config = SamplerConfig("ddim", 2)
@@ -138,10 +139,6 @@ def test_draw_or_reuse_saves_the_draw_with_its_config_and_reuses_it_only_for_the
 def test_bench_samplers_runs_end_to_end_and_records_each_samplers_config(tmp_path):
     """A smoke run of the whole script on the shipped checkpoint (1 network call, 10 images): the table and the
     JSON it writes are what RESULTS.md quotes."""
-    import json
-
-    import bench_samplers
-
     assert bench_samplers.main(["--samplers", "ddim:1", "--num-samples", "10", "--batch-size", "10",
                                 "--out-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())
