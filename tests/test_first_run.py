@@ -256,4 +256,4 @@ def test_resuming_a_conditional_checkpoint_without_conditional_says_so(tmp_path,
     assert entry.main(train_argv(run, data, "--final-samples", "0", "--conditional", "--num-classes", "3")) == 0
     with caplog.at_level(logging.ERROR):
         assert entry.main(train_argv(run, data, "--final-samples", "0", "--max-steps", "3", "--resume")) == 2
-    assert "is a class-conditional model: resume it with --conditional --num-classes 3" in caplog.text
+    assert "is a class-conditional model: use it with --conditional --num-classes 3" in caplog.text

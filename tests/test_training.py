@@ -503,3 +503,42 @@ def test_conditional_run_round_trips_through_its_checkpoint(tmp_path, data48, ca
                                "--max-steps", "1")) == 2
     assert "--num-classes 3" in caplog.text
 
+
+
+# ---------------------------------------------------------------------------------------------- --init-from
+def test_init_from_starts_a_fresh_run_from_the_weights_of_an_export(tmp_path, data48, short_run):
+    exported = tmp_path / "weights.pth"
+    export_weights(short_run / "test_001.pth", exported)
+    source = load_checkpoint(short_run / "test_001.pth")["ema"]
+    run = tmp_path / "fine_tune"
+    # --lr 1e-12: one AdamW step moves each weight by ~1e-12, so θ after step 1 is the init to 1e-9; --seed 3 builds
+    # random weights that differ from the source by far more than that.
+    assert entry.main(argv(run, data48, "--init-from", str(exported), "--seed", "3", "--lr", "1e-12",
+                           "--warmup-steps", "0", "--max-steps", "1", "--final-samples", "0")) == 0
+    ckpt = load_checkpoint(run / "test_001.pth")
+    assert ckpt["step"] == 1 and ckpt["train_config"]["init_from"] == str(exported)
+    assert all(int(s["step"]) == 1 for s in ckpt["optimizer"]["state"].values())  # AdamW started afresh
+    for key in ("model", "ema"):
+        worst = max(float((ckpt[key][k] - source[k]).abs().max()) for k in source)
+        assert worst < 1e-9, (key, worst)
+
+
+def test_init_from_refuses_another_model_and_is_not_read_again_on_resume(tmp_path, data48, short_run, caplog):
+    run = tmp_path / "fine_tune"
+    init = tmp_path / "init.pth"
+    shutil.copy(short_run / "test_001.pth", init)
+    assert entry.main(argv(run, data48, "--init-from", str(init), "--model", "small")) == 2
+    assert re.search(r"init\.pth holds a different model .*channels: checkpoint \(8, 16, 16\)", caplog.text)
+    assert not (run / "test_001.pth").exists()
+    assert entry.main(argv(run, data48, "--init-from", str(init), "--max-steps", "1", "--final-samples", "0")) == 0
+    init.unlink()  # the fine-tune's own checkpoint carries the weights from here on
+    assert entry.main(argv(run, data48, "--init-from", str(init), "--max-steps", "2", "--final-samples", "0",
+                           "--resume")) == 0
+    assert load_checkpoint(run / "test_001.pth")["step"] == 2
+
+
+def test_resuming_an_export_points_to_init_from(tmp_path, data48, short_run, caplog):
+    exported = tmp_path / "weights.pth"
+    export_weights(short_run / "test_001.pth", exported)
+    assert entry.main(argv(tmp_path / "run", data48, "--resume", str(exported))) == 2
+    assert "a sampling-only export? Start a new run from its weights with --init-from" in caplog.text

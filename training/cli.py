@@ -96,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="CKPT",
                    help="continue from a checkpoint: CKPT, or task-name/ckpt-save-name when given alone. "
                         "A missing or unreadable checkpoint is an error, never a fresh start")
+    g.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start a new run (a fine-tune) from the weights of CKPT, a training checkpoint (its EMA) or "
+                        "an export such as checkpoints/mnist_small.pth: the optimizer, step count, lr schedule and "
+                        "random streams start afresh; the model and diffusion settings must match CKPT's. Read only "
+                        "when the run starts: --resume continues the fine-tune from its own checkpoint")
     g.add_argument("--overwrite", action="store_true",
                    help="let a fresh run replace the checkpoint already in --task-name (refused otherwise: pass "
                         "--resume to continue it)")

@@ -59,6 +59,7 @@ class TrainConfig(DictConfig):
     overwrite: bool = False
     max_steps: int | None = None
     max_minutes: float | None = None
+    init_from: str | None = None
     ckpt_save_name: str = "test_001.pth"
     ckpt_every: int = 500
     log_every: int = 50
@@ -135,6 +136,8 @@ class TrainConfig(DictConfig):
                 raise bad(name, "must be None (decide by device), True or False")
         if not is_int(self.viz_t) or not -1 <= self.viz_t <= MAX_INT:
             raise bad("viz_t", "must be -1 (the last timestep) or a timestep in [0, T-1]")
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from.strip()):
+            raise bad("init_from", "must be None or the path of a checkpoint whose weights start the run")
         if not self.task_name or not str(self.task_name).strip():
             raise bad("task_name", "must name a folder")
         name = self.ckpt_save_name

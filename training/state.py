@@ -108,6 +108,13 @@ class TrainState:
             },
         }
 
+    def init_weights(self, ckpt: dict, source: str = "checkpoint") -> None:
+        """Start θ and its EMA from ``ckpt``'s weights (its EMA where it has one: the better weights of a training
+        checkpoint, and what an export holds as ``"model"``); the optimizer, step and RNG stay fresh."""
+        key = "ema" if ckpt.get("ema") is not None else "model"
+        load_state_dict_checked(self.model, ckpt[key], f"{source}[{key!r}]")
+        load_state_dict_checked(self.ema.model, ckpt[key], f"{source}[{key!r}]")
+
     def load_state_dict(self, ckpt: dict, source: str = "checkpoint") -> None:
         """Continue from ``ckpt``; a CheckpointError names whatever does not fit. The weight decay stays the one
         this state was created with (the requested recipe), the rest is the checkpoint's."""
@@ -162,23 +169,33 @@ def check_resumable(ckpt: dict, source: str, config: TrainConfig, model_config: 
     a changed training recipe. The batch compared is the global one: 2 ranks × 64 continue 1 process × 128."""
     missing = [k for k in RESUME_KEYS if ckpt.get(k) is None]
     if missing:
-        raise CheckpointError(f"{source} cannot be resumed: it has no {missing} (a sampling-only export?)")
+        raise CheckpointError(f"{source} cannot be resumed: it has no {missing} (a sampling-only export? Start a "
+                              "new run from its weights with --init-from)")
+    check_same_model(ckpt, source, model_config, diffusion_config)
+    _resume_recipe_checks(ckpt, source, config, world_size)
+
+
+def check_same_model(ckpt: dict, source: str, model_config: UNetConfig, diffusion_config: DiffusionConfig) -> None:
+    """Refuse a checkpoint of another model or diffusion process (for --resume and --init-from alike)."""
     saved_model, saved_diffusion = configs_from_checkpoint(ckpt, source)
     requested_model = model_config.to_dict()
     if requested_model["image_size"] is None:  # not known before the data is read; checked against it then
         requested_model["image_size"] = saved_model.image_size
     if saved_model.conditional != model_config.conditional:
         raise CheckpointError(
-            f"{source} is a {'class-conditional' if saved_model.conditional else 'unconditional'} model: resume it "
+            f"{source} is a {'class-conditional' if saved_model.conditional else 'unconditional'} model: use it "
             + (f"with --conditional --num-classes {saved_model.num_classes}" if saved_model.conditional
                else "without --conditional"))
     diffs = _differences(saved_model.to_dict(), requested_model)
     if diffs:
         raise CheckpointError(f"{source} holds a different model (pass the --model it was trained with, "
-                              f"{ckpt['train_config'].get('model')!r}?): " + "; ".join(diffs))
+                              f"{(ckpt.get('train_config') or {}).get('model')!r}?): " + "; ".join(diffs))
     diffs = _differences(saved_diffusion.to_dict(), diffusion_config.to_dict())
     if diffs:
         raise CheckpointError(f"{source} was trained with another diffusion schedule: " + "; ".join(diffs))
+
+
+def _resume_recipe_checks(ckpt: dict, source: str, config: TrainConfig, world_size: int) -> None:
     saved_train = ckpt["train_config"]
     if saved_train.get("seed") != config.seed:
         raise CheckpointError(f"{source} was trained with --seed {saved_train.get('seed')}, not {config.seed}; "

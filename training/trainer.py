@@ -46,7 +46,7 @@ from training.monitor import (
     write_config_json,
 )
 from training.runtime import DistContext, PeerSetupError, Performance, resolve_performance, to_memory_format
-from training.state import TrainState, check_resumable
+from training.state import TrainState, check_resumable, check_same_model
 
 logger = logging.getLogger(__name__)
 
@@ -268,10 +268,14 @@ def _set_up(config: TrainConfig, model_config: UNetConfig, diffusion_config: Dif
         if resume_from is not None:  # read first: a bad checkpoint fails before the data is loaded
             ckpt = load_checkpoint(resume_from)  # every rank, to the CPU (RNG states must stay CPU tensors)
             check_resumable(ckpt, str(resume_from), config, model_config, diffusion_config, ctx.world_size)
+        init = None
+        if config.init_from is not None and ckpt is None:  # a fine-tune starts here; its resume has its own weights
+            init = load_checkpoint(config.init_from)
+            check_same_model(init, config.init_from, model_config, diffusion_config)
         if dataset is None:
             dataset = load_training_set(config.data_path, config.extensions, config.channels, config.image_size,
                                         config.cache, config.skip_bad)
-        model_config = _fit_model_to_data(model_config, dataset, config, ckpt)
+        model_config = _fit_model_to_data(model_config, dataset, config, ckpt if ckpt is not None else init)
         batches = BatchSource(dataset, config.batch_size, config.seed, ctx.device,
                               config.num_workers == 0 and hasattr(dataset, "as_tensors") and config.cache,
                               config.num_workers, ctx.rank, ctx.world_size)
@@ -279,6 +283,10 @@ def _set_up(config: TrainConfig, model_config: UNetConfig, diffusion_config: Dif
         if ckpt is not None:
             state.load_state_dict(ckpt, str(resume_from))
             _log_resume(ckpt, resume_from, state, batches)
+        elif init is not None:
+            state.init_weights(init, config.init_from)
+            logger.info("initialised θ and its EMA from %s (step %s of its run); the optimizer, lr schedule and step "
+                        "count start afresh", config.init_from, init.get("step"))
         scheduler = LinearNoiseScheduler.from_config(diffusion_config, device=ctx.device)
         monitor = Monitor(config, ctx.is_main, state.step if ckpt is not None else None, batches.steps_per_epoch,
                           _visualizer(config, ctx, scheduler, batches, diffusion_config))
@@ -385,7 +393,7 @@ def _fit_model_to_data(model_config: UNetConfig, dataset, config: TrainConfig, c
                          "pass --channels to match")
     saved = ckpt["model_config"].get("image_size") if ckpt is not None else None
     if saved not in (None, H):
-        raise ValueError(f"the checkpoint was trained on {saved}×{saved} images, this data is {H}×{H}: resume with "
+        raise ValueError(f"the checkpoint was trained on {saved}×{saved} images, this data is {H}×{H}: use "
                          f"the same data or pass --image-size {saved}")
     if model_config.image_size not in (None, H):
         raise ValueError(f"the model is configured for {model_config.image_size}×{model_config.image_size} images "
