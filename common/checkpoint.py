@@ -247,6 +247,12 @@ def load_state_dict_checked(module: UNet, state_dict: Any, what: str) -> None:
     module.load_state_dict(state_dict, strict=True)
 
 
+def weights_key(ckpt: dict, use_ema: bool = True) -> str:
+    """Which weights of ``ckpt`` to use: ``"ema"`` where it has an EMA and ``use_ema``, else ``"model"`` (an
+    export keeps its EMA weights there)."""
+    return "ema" if use_ema and ckpt.get("ema") is not None else "model"
+
+
 def build_model_from_checkpoint(
     ckpt_or_path: dict | str | Path, use_ema: bool = True, device: str | torch.device = "cpu",
     channels_last: bool = True,
@@ -259,7 +265,7 @@ def build_model_from_checkpoint(
     """
     ckpt, source = _as_checkpoint(ckpt_or_path)
     model_config, diffusion_config = configs_from_checkpoint(ckpt, source)
-    key = "ema" if use_ema and ckpt.get("ema") is not None else "model"
+    key = weights_key(ckpt, use_ema)
     if use_ema and key == "model":
         logger.info("%s has no EMA weights; using the raw model weights", source)
     _check_weights(model_config, ckpt[key], f"{source}[{key!r}]")  # before the UNet is allocated
@@ -273,7 +279,7 @@ def build_model_from_checkpoint(
 def export_weights(ckpt_or_path: dict | str | Path, out_path: str | Path) -> None:
     """Write a slim, sampling-only checkpoint: EMA weights as ``"model"``, no optimizer or RNG state."""
     ckpt, source = _as_checkpoint(ckpt_or_path)
-    weights = ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"]
+    weights = ckpt[weights_key(ckpt)]
     model_config, _ = configs_from_checkpoint(ckpt, source)
     _check_weights(model_config, weights, f"{source} weights")  # refuse to ship a broken file
     slim = {

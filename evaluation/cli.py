@@ -130,7 +130,7 @@ def sampler_config(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
 # ---------------------------------------------------------------------------------------------- entry point
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Sample (and score) as the flags say. Returns 0, or 2 for a user error (bad file, impossible value)."""
-    from common.checkpoint import build_model_from_checkpoint
+    from common.checkpoint import build_model_from_checkpoint, weights_key
     from common.device import resolve_device
 
     config = sampler_config(args, parser)  # flag combinations that need no checkpoint
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except OSError as err:
         logger.error("cannot write the samples to %s: %s; pass another --task-name", samples_dir, err)
         return EXIT_USER_ERROR
-    weights = "ema" if args.use_ema and ckpt.get("ema") is not None else "model"  # exports keep EMA in "model"
+    weights = weights_key(ckpt, args.use_ema)  # exports keep EMA in "model"
     logger.info("checkpoint %s (step %s, %r weights, T=%d) → %s; sampler %s, %d samples, seed %d",
                 ckpt_path, ckpt.get("step"), weights, T, out_dir, label, args.num_samples, args.seed)
 

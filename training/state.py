@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from common.checkpoint import RESUME_KEYS, CheckpointError, configs_from_checkpoint, load_state_dict_checked
+from common.checkpoint import (
+    RESUME_KEYS,
+    CheckpointError,
+    configs_from_checkpoint,
+    load_state_dict_checked,
+    weights_key,
+)
 from models import UNet, UNetConfig
 from scheduler import DiffusionConfig
 from training.batching import derived_seed
@@ -111,9 +117,9 @@ class TrainState:
     def init_weights(self, ckpt: dict, source: str = "checkpoint") -> None:
         """Start θ and its EMA from ``ckpt``'s weights (its EMA where it has one: the better weights of a training
         checkpoint, and what an export holds as ``"model"``); the optimizer, step and RNG stay fresh."""
-        key = "ema" if ckpt.get("ema") is not None else "model"
+        key = weights_key(ckpt)
         load_state_dict_checked(self.model, ckpt[key], f"{source}[{key!r}]")
-        load_state_dict_checked(self.ema.model, ckpt[key], f"{source}[{key!r}]")
+        self.ema.model.load_state_dict(self.model.state_dict())
 
     def load_state_dict(self, ckpt: dict, source: str = "checkpoint") -> None:
         """Continue from ``ckpt``; a CheckpointError names whatever does not fit. The weight decay stays the one
